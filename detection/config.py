@@ -1,0 +1,177 @@
+"""The detection configuration tree: typed dataclasses with a comment on every field.
+
+``build_faster_rcnn(cfg.model)`` and the trainer are the only consumers; modules never receive config
+objects. Defaults are the paper's C4 setting (He et al. 2016, Appendix A, on top of Ren et al. 2015);
+``configs/det/*.yaml`` override them. Load with :func:`load_detection_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from resbackbone.config import load_config
+
+
+@dataclass
+class BackboneConfig:
+    # "resnet18".."resnet152", or "timm:<name>" for any timm features_only CNN.
+    name: str = "resnet50"
+    # Initial weights: "none" (random init), "torchvision", "timm", "msra", or a path to a weights file.
+    weights: str = "none"
+    # 0 nothing frozen, 1 stem, 2 stem+res2 (detection default), ... Frozen by structure.
+    freeze_at: int = 2
+    # "auto": FrozenBN when pretrained weights are loaded, trainable BN from scratch; or force "bn"/"frozen_bn".
+    norm: Literal["auto", "bn", "frozen_bn"] = "auto"
+    # Bottleneck stride in the first 1x1 (MSRA caffe). None: whatever the weights need (False from scratch).
+    stride_in_1x1: bool | None = None
+    # Shortcut option of paper Table 3: "A" zero-pad, "B" projection on dimension change, "C" always projection.
+    shortcut: Literal["A", "B", "C"] = "B"
+
+
+@dataclass
+class AnchorConfig:
+    # Anchor sizes: sqrt(area) in input pixels (paper: 128/256/512 for VOC, adds 64 for COCO).
+    sizes: tuple[float, ...] = (128.0, 256.0, 512.0)
+    # Aspect ratios h / w.
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # Anchor centre offset in units of the stride (0.0: centres at k*stride, as torchvision / Detectron2).
+    offset: float = 0.0
+
+
+@dataclass
+class RPNConfig:
+    # Anchors sampled per image for the RPN loss, and their positive fraction (Ren et al. 2015: 256, 0.5).
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    # IoU >= fg is positive, < bg is negative (in between ignored); best anchor per gt is positive too.
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    # Proposal generation: top-k by objectness per image before NMS and kept after NMS.
+    pre_nms_topk_train: int = 12000
+    post_nms_topk_train: int = 2000
+    pre_nms_topk_test: int = 6000
+    post_nms_topk_test: int = 1000
+    nms_thresh: float = 0.7
+    # Proposals with a side shorter than this (input pixels) are dropped.
+    min_box_size: float = 0.0
+    # Box regression loss: smooth L1 with this beta (0 = L1), and loss weight.
+    smooth_l1_beta: float = 0.0
+    loss_weight: float = 1.0
+
+
+@dataclass
+class RoIHeadConfig:
+    # "roi_align" (default; better) or "roi_pool" (the paper's RoI pooling).
+    pooler_type: Literal["roi_align", "roi_pool"] = "roi_align"
+    # Pooled size on res4 before res5 (C4: 14 -> res5 stride 2 -> 7x7), and RoIAlign sampling ratio.
+    pooler_resolution: int = 14
+    sampling_ratio: int = 0
+    # RoIs sampled per image for the head loss and their foreground fraction.
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    # IoU >= fg is foreground; [bg_lo, fg) is background.
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh_lo: float = 0.0
+    # Box coding weights (dx, dy, dw, dh) of the head.
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    smooth_l1_beta: float = 0.0
+    # Inference: minimum score, per-class NMS IoU (paper VOC: 0.3), detections kept per image.
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    # DC5 only: width of the two fc layers of the light head.
+    fc_dim: int = 1024
+
+
+@dataclass
+class ModelConfig:
+    # "C4": RPN + RoI pooling on res4, res5 per RoI (paper). "DC5": dilated res5 on the image, 2-fc head.
+    arch: Literal["C4", "DC5"] = "C4"
+    # Number of foreground classes K (VOC 20, COCO 80); background is label K.
+    num_classes: int = 20
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+
+
+@dataclass
+class DataConfig:
+    # Dataset names as typed on the command line (see datasets/README.md), e.g. "voc07+12", "voc07-test".
+    train: str = "synthetic-train"
+    test: str = "synthetic-test"
+    # Data root; None: $RESDET_DATA_ROOT or the repo's datasets/ folder.
+    root: str | None = None
+    # Training shorter side in pixels (one is chosen at random per image: multi-scale), long side cap.
+    min_size_train: tuple[int, ...] = (600,)
+    max_size_train: int = 1000
+    min_size_test: int = 600
+    max_size_test: int = 1000
+    # Horizontal flip probability and optional photometric jitter in training.
+    flip_prob: float = 0.5
+    photometric: bool = False
+    # Train on VOC boxes marked difficult (the paper does not).
+    use_difficult: bool = False
+    # Drop training images that have no usable box.
+    filter_empty: bool = True
+    # Data loader worker processes per training process, and aspect-ratio grouped batching.
+    num_workers: int = 2
+    aspect_grouping: bool = True
+
+
+@dataclass
+class SolverConfig:
+    # Images per iteration over all processes (and accumulation steps).
+    ims_per_batch: int = 2
+    # Learning rate for ims_per_batch images; scale linearly when changing the batch size.
+    base_lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # Weight decay on norm and bias parameters (0: none, the common practice).
+    weight_decay_norm_bias: float = 0.0
+    # Total iterations, and iterations at which the lr is multiplied by gamma.
+    max_iter: int = 40000
+    steps: tuple[int, ...] = (30000,)
+    gamma: float = 0.1
+    # Linear warmup from warmup_factor * base_lr over warmup_iters iterations.
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    # Gradient accumulation steps (per-step batch = ims_per_batch / processes / accumulation).
+    grad_accum_steps: int = 1
+    # Clip the global gradient norm (0 = off).
+    clip_grad_norm: float = 0.0
+    # "no", "bf16" or "fp16" (fp16 uses a loss scaler).
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Checkpoint every N iterations (and at the end); keep the last K.
+    checkpoint_period: int = 5000
+    keep_last: int = 3
+
+
+@dataclass
+class TestConfig:
+    # Evaluate every N iterations during training (0: only at the end).
+    eval_period: int = 0
+    # "voc07", "voc", "coco", or None to choose from the test dataset.
+    metric: Literal["voc07", "voc", "coco"] | None = None
+    # Images per batch at evaluation (per process).
+    ims_per_batch: int = 4
+
+
+@dataclass
+class DetectionConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    # Where checkpoints, logs, metrics and the resolved config go.
+    output_dir: str = "output/det"
+    # Seed for model init, sampling and data order.
+    seed: int = 0
+
+
+def load_detection_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DetectionConfig:
+    """Defaults <- YAML ``path`` (one ``base:`` level) <- ``key=value`` overrides, strictly checked."""
+    return load_config(DetectionConfig, path, overrides)

@@ -1,0 +1,57 @@
+"""resbackbone: the ResNets of He et al. 2016 ("Deep Residual Learning for Image Recognition").
+
+Depends on torch and torchvision only (timm optional, for weight conversion).
+"""
+
+from .blocks import BasicBlock, Bottleneck, Stem, ZeroPadShortcut, make_stage
+from .frozen_bn import FrozenBatchNorm2d, convert_frozen_batchnorm, freeze_module
+from .pixels import MSRA_PIXELS, TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
+from .resnet import (
+    RESNET_SPECS,
+    STAGE_NAMES,
+    ResNet,
+    ShapeSpec,
+    make_resnet_stage,
+    plain18,
+    plain34,
+    plain50,
+    plain101,
+    plain152,
+    plain_resnet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+)
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "FrozenBatchNorm2d",
+    "MSRA_PIXELS",
+    "PixelNormalizer",
+    "PixelSpec",
+    "RESNET_SPECS",
+    "ResNet",
+    "STAGE_NAMES",
+    "ShapeSpec",
+    "Stem",
+    "TORCHVISION_PIXELS",
+    "ZeroPadShortcut",
+    "convert_frozen_batchnorm",
+    "freeze_module",
+    "make_resnet_stage",
+    "make_stage",
+    "plain18",
+    "plain34",
+    "plain50",
+    "plain101",
+    "plain152",
+    "plain_resnet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+]
