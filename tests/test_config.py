@@ -1,0 +1,60 @@
+"""Strict typed config loading shared by both trainers."""
+
+from pathlib import Path
+
+import pytest
+
+from detection.config import DetectionConfig, load_detection_config
+from resbackbone.config import ConfigError, load_config, parse_overrides, save_config, to_dict
+
+
+def test_defaults_roundtrip_through_yaml(tmp_path: Path) -> None:
+    cfg = load_detection_config()
+    save_config(cfg, tmp_path / "cfg.yaml")
+    again = load_detection_config(tmp_path / "cfg.yaml")
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_base_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("solver:\n  base_lr: 0.01\n  steps: [5, 8]\nmodel:\n  num_classes: 3\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nsolver:\n  max_iter: 10\n")
+    cfg = load_detection_config(tmp_path / "child.yaml", ["solver.base_lr=0.5", "model.rpn.nms_thresh=0.6"])
+    assert cfg.solver.base_lr == 0.5 and cfg.solver.steps == (5, 8) and cfg.solver.max_iter == 10
+    assert cfg.model.num_classes == 3 and cfg.model.rpn.nms_thresh == 0.6
+    assert isinstance(cfg.solver.steps, tuple)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.rpn.nms=0.6", "'model.rpn.nms'"),
+        ("model.arch=C5", "'model.arch'"),
+        ("solver.max_iter=1.5", "'solver.max_iter'"),
+        ("solver.steps=7", "'solver.steps'"),
+        ("data.flip_prob=yes", "'data.flip_prob'"),
+        ("model.backbone.freeze_at=null", "'model.backbone.freeze_at'"),
+    ],
+)
+def test_bad_override_names_the_key(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_detection_config(overrides=[override])
+
+
+def test_bad_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nope: 1\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*'model.nope'"):
+        load_detection_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_detection_config(tmp_path / "missing.yaml")
+    two = tmp_path / "two.yaml"
+    (tmp_path / "one.yaml").write_text("base: bad.yaml\n")
+    two.write_text("base: one.yaml\n")
+    with pytest.raises(ConfigError, match="at most one level"):
+        load_config(DetectionConfig, two)
+
+
+def test_parse_overrides_nests_and_parses_yaml() -> None:
+    assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["novalue"])
