@@ -8,7 +8,7 @@ objects. Defaults are the paper's C4 setting (He et al. 2016, Appendix A, on top
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -145,6 +145,10 @@ class SolverConfig:
     clip_grad_norm: float = 0.0
     # "no", "bf16" or "fp16" (fp16 uses a loss scaler).
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # The batch size the lr / iteration numbers above were published for (0: use them as written). When it
+    # differs from ims_per_batch, the linear scaling rule (Goyal et al. 2017) is applied: lr x ims/ref, and
+    # max_iter, steps and warmup_iters x ref/ims, so a paper recipe runs on any number of GPUs.
+    reference_ims_per_batch: int = 0
     # Checkpoint every N iterations (and at the end); keep the last K.
     checkpoint_period: int = 5000
     keep_last: int = 3
@@ -175,3 +179,24 @@ class DetectionConfig:
 def load_detection_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DetectionConfig:
     """Defaults <- YAML ``path`` (one ``base:`` level) <- ``key=value`` overrides, strictly checked."""
     return load_config(DetectionConfig, path, overrides)
+
+
+def apply_linear_scaling(solver: SolverConfig) -> SolverConfig:
+    """Rescale lr and schedule from ``reference_ims_per_batch`` to ``ims_per_batch`` (identity when 0 or equal)."""
+    ref, ims = solver.reference_ims_per_batch, solver.ims_per_batch
+    if ref <= 0 or ref == ims:
+        return solver
+    ratio = ims / ref
+
+    def it(n: int) -> int:
+        return max(1, round(n / ratio))
+
+    return replace(
+        solver,
+        base_lr=solver.base_lr * ratio,
+        max_iter=it(solver.max_iter),
+        steps=tuple(it(s) for s in solver.steps),
+        warmup_iters=round(solver.warmup_iters / ratio),
+        checkpoint_period=it(solver.checkpoint_period),
+        reference_ims_per_batch=0,
+    )
