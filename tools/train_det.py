@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Train (fine-tune) and evaluate the Faster R-CNN C4 / DC5 detector.
+
+    python tools/train_det.py                                   # embedded synthetic set: trains, evaluates
+    python tools/train_det.py --dataset voc07+12 --backbone resnet101
+    accelerate launch --num_processes 8 tools/train_det.py --dataset coco2017-train --config configs/det/coco_c4_1x.yaml
+    python tools/train_det.py --output-dir output/x --resume     # continue a killed run exactly
+    python tools/train_det.py --eval-only --checkpoint output/x/model_final.pth
+
+Free ``key=value`` arguments override any config field (``solver.base_lr=0.01 model.rpn.nms_thresh=0.6``);
+unknown keys are rejected with their name. The resolved config goes to ``<output-dir>/config.yaml`` and into
+every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Running from a source checkout without installing must find the packages too.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from detection.config import DetectionConfig, apply_linear_scaling, load_detection_config  # noqa: E402
+from resbackbone.config import ConfigError  # noqa: E402
+from resbackbone.training import NonFiniteLossError  # noqa: E402
+
+# Dataset name -> the config a bare ``--dataset NAME`` uses (the paper's setting for that data).
+DEFAULT_CONFIGS = {
+    "synthetic": "configs/det/synthetic_r18_c4.yaml",
+    "voc07+12": "configs/det/voc07+12_c4.yaml",
+    "voc07++12": "configs/det/voc07++12_c4.yaml",
+    "voc": "configs/det/voc07+12_c4.yaml",
+    "coco": "configs/det/coco_c4_paper.yaml",
+}
+
+
+def default_config_for(dataset: str | None) -> Path:
+    name = dataset or "synthetic-train"
+    if name in DEFAULT_CONFIGS:
+        key = name
+    elif name.startswith("synthetic"):
+        key = "synthetic"
+    elif name.startswith("coco"):
+        key = "coco"
+    else:
+        key = "voc"
+    return REPO / DEFAULT_CONFIGS[key]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (default: the paper's setting for --dataset, see configs/det)")
+    p.add_argument("--dataset", help="training set name, e.g. voc07+12, coco2017-train (default: synthetic-train)")
+    p.add_argument("--test-dataset", help="evaluation set name (default: from the config)")
+    p.add_argument("--backbone", help="resnet18..resnet152, or timm:<model name>")
+    p.add_argument("--backbone-weights", help="none | torchvision | timm | msra | PATH to a weights file")
+    p.add_argument("--data-root", help="data root (default: $RESDET_DATA_ROOT or the repo's datasets/)")
+    p.add_argument("--output-dir", help="checkpoints, logs, metrics, resolved config")
+    p.add_argument("--max-iter", type=int, help="iterations; the lr steps keep their relative positions")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint on the test set")
+    p.add_argument("--checkpoint", help="model file for --eval-only")
+    p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> DetectionConfig:
+    """Config file <- overrides <- dedicated flags, then the linear lr scaling rule."""
+    path = Path(args.config) if args.config else default_config_for(args.dataset)
+    cfg = load_detection_config(path, args.overrides)
+    data = cfg.data
+    if args.dataset:
+        data = replace(data, train=args.dataset)
+        if not args.test_dataset and args.dataset.startswith("synthetic"):
+            data = replace(data, test="synthetic-test")
+    if args.test_dataset:
+        data = replace(data, test=args.test_dataset)
+    if args.data_root:
+        data = replace(data, root=args.data_root)
+    bb = cfg.model.backbone
+    if args.backbone:
+        bb = replace(bb, name=args.backbone)
+    if args.backbone_weights:
+        bb = replace(bb, weights=args.backbone_weights)
+    cfg = replace(cfg, data=data, model=replace(cfg.model, backbone=bb))
+    if args.output_dir:
+        cfg = replace(cfg, output_dir=args.output_dir)
+    solver = apply_linear_scaling(cfg.solver)
+    if args.max_iter is not None:
+        if args.max_iter < 1:
+            raise ConfigError(f"--max-iter must be >= 1, got {args.max_iter}")
+        ratio = args.max_iter / solver.max_iter
+        steps = tuple(s2 for s2 in (max(1, round(s * ratio)) for s in solver.steps) if s2 < args.max_iter)
+        solver = replace(
+            solver,
+            max_iter=args.max_iter,
+            steps=steps,
+            warmup_iters=min(solver.warmup_iters, args.max_iter // 2),
+            checkpoint_period=min(solver.checkpoint_period, args.max_iter),
+        )
+    return replace(cfg, solver=solver)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from detection import engine
+
+    if args.eval_only:
+        if not args.checkpoint:
+            print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
+            return 2
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=args.cpu)
+        model, saved_cfg, _ = engine.load_detector(args.checkpoint, accelerator.device)
+        # The data section comes from this invocation (dataset, root, workers); the model from the checkpoint.
+        eval_cfg = replace(saved_cfg, data=replace(cfg.data, min_size_test=saved_cfg.data.min_size_test,
+                                                   max_size_test=saved_cfg.data.max_size_test), test=cfg.test)
+        if args.dataset or args.test_dataset:
+            eval_cfg = replace(eval_cfg, data=replace(eval_cfg.data, test=args.test_dataset or args.dataset))
+        metrics = engine.evaluate(model, eval_cfg, accelerator=accelerator, progress=not args.no_progress)
+        if accelerator.is_main_process:
+            print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+        return 0
+
+    try:
+        trainer = engine.Trainer(cfg, cpu=args.cpu, resume=args.resume, progress=not args.no_progress)
+        result = trainer.train()
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}; the last good checkpoint is in {cfg.output_dir}", file=sys.stderr)
+        return 3
+    if trainer.accelerator.is_main_process:
+        summary = {k: v for k, v in result.items() if k != "per_class" and not isinstance(v, dict)}
+        print(json.dumps(summary, indent=1))
+        if "mAP" in result:
+            final = Path(cfg.output_dir) / engine.FINAL_WEIGHTS_NAME
+            print(f"{cfg.data.test}: mAP@0.5 = {result['mAP']:.4f}  (model: {final})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
