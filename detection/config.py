@@ -69,6 +69,8 @@ class RoIHeadConfig:
     # Pooled size on res4 before res5 (C4: 14 -> res5 stride 2 -> 7x7), and RoIAlign sampling ratio.
     pooler_resolution: int = 14
     sampling_ratio: int = 0
+    # RoIAlign half-pixel alignment (Detectron2's ROIAlignV2; False reproduces torchvision's MultiScaleRoIAlign).
+    aligned: bool = True
     # RoIs sampled per image for the head loss and their foreground fraction.
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25

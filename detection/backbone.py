@@ -1,0 +1,115 @@
+"""Detection trunks: our ResNet up to res4 (C4) or a dilated res5 (DC5), or any timm ``features_only`` CNN.
+
+A trunk maps normalized images ``(N, 3, H, W)`` to one stride-16 feature map ``(N, C, H/16, W/16)`` and tells its
+``out_channels``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from resbackbone.blocks import NormKind
+from resbackbone.pixels import TORCHVISION_PIXELS, PixelSpec
+from resbackbone.resnet import ResNet, ShortcutOption, make_resnet_stage, stage_channels
+
+# The paper's C4 / DC5 feature stride.
+FEATURE_STRIDE = 16
+
+
+def resnet_depth(name: str) -> int:
+    """``"resnet101"`` -> 101, with a clear error for anything else."""
+    if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in (18, 34, 50, 101, 152):
+        return int(name[6:])
+    raise ValueError(f"unknown backbone {name!r}: expected resnet18/34/50/101/152 or timm:<model name>")
+
+
+class ResNetTrunk(nn.Module):
+    """Stem..res4 (C4), or stem..res5 with res5 dilated to keep stride 16 (DC5)."""
+
+    def __init__(
+        self,
+        depth: int,
+        *,
+        dilated_res5: bool = False,
+        freeze_at: int = 2,
+        norm: NormKind = "bn",
+        stride_in_1x1: bool = False,
+        shortcut: ShortcutOption = "B",
+    ) -> None:
+        super().__init__()
+        last = "res5" if dilated_res5 else "res4"
+        self.body = ResNet(
+            depth,
+            num_classes=None,
+            out_features=(last,),
+            freeze_at=freeze_at,
+            norm=norm,
+            stride_in_1x1=stride_in_1x1,
+            shortcut=shortcut,
+            res5_dilation=2 if dilated_res5 else 1,
+        )
+        self.last = last
+        self.out_channels = stage_channels(depth, last)[1]
+        self.stride_in_1x1 = stride_in_1x1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)[self.last]
+
+
+def build_res5_head(
+    depth: int, *, norm: NormKind, stride_in_1x1: bool, shortcut: ShortcutOption
+) -> tuple[nn.Sequential, int]:
+    """The C4 per-RoI head: res5 exactly as the backbone builds it (first block stride 2), and its channels."""
+    res5 = make_resnet_stage(depth, "res5", norm=norm, stride_in_1x1=stride_in_1x1, shortcut=shortcut)
+    from resbackbone.blocks import init_weights
+
+    init_weights(res5)
+    return res5, stage_channels(depth, "res5")[1]
+
+
+class TimmTrunk(nn.Module):
+    """A timm ``features_only`` model cut at its stride-16 feature map (transfer learning from any timm CNN)."""
+
+    def __init__(self, name: str, *, pretrained: bool = False) -> None:
+        super().__init__()
+        import timm
+
+        probe = timm.create_model(name, features_only=True, pretrained=False)
+        reductions = probe.feature_info.reduction()
+        if FEATURE_STRIDE not in reductions:
+            raise ValueError(f"timm model {name!r} has no stride-16 feature map (reductions {reductions})")
+        index = reductions.index(FEATURE_STRIDE)
+        del probe
+        self.body = timm.create_model(name, features_only=True, out_indices=(index,), pretrained=pretrained)
+        self.out_channels = int(self.body.feature_info.channels()[-1])
+        cfg: dict[str, Any] = dict(getattr(self.body, "pretrained_cfg", {}) or {})
+        mean = cfg.get("mean", (0.485, 0.456, 0.406))
+        std = cfg.get("std", (0.229, 0.224, 0.225))
+        self.pixel_spec = PixelSpec(
+            mean=tuple(255.0 * m for m in mean), std=tuple(255.0 * s for s in std), channel_order="RGB"
+        ) if pretrained else TORCHVISION_PIXELS
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)[-1]
+
+
+def frozen_parameter_names(module: nn.Module) -> list[str]:
+    """Parameters without gradients (for reports and tests)."""
+    return [n for n, p in module.named_parameters() if not p.requires_grad]
+
+
+def count_trainable(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "FEATURE_STRIDE",
+    "ResNetTrunk",
+    "TimmTrunk",
+    "build_res5_head",
+    "count_trainable",
+    "frozen_parameter_names",
+    "resnet_depth",
+]

@@ -1,0 +1,168 @@
+"""Region Proposal Network (Ren et al. 2015) on one stride-16 feature map, batched over images.
+
+Shape shorthand: N images, C feature channels, H x W feature map, A anchors per location, M = H * W * A anchors
+per image, G padded ground-truth boxes per image, k pre-NMS top-k, R proposals kept per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from .anchors import AnchorGenerator
+from .box_coder import BoxCoder
+from .boxes import batched_pairwise_iou, clip_boxes, nonempty, pad_boxes
+from .matcher import POSITIVE, Matcher
+from .sampler import sample_balanced
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then sibling 1x1 convs: objectness logit per anchor and 4 deltas per anchor."""
+
+    def __init__(self, in_channels: int, num_anchors: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.constant_(layer.bias, 0.0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(N, C, H, W)`` -> logits ``(N, A, H, W)``, deltas ``(N, 4A, H, W)``."""
+        t = F.relu(self.conv(x))
+        return self.objectness(t), self.deltas(t)
+
+
+class RPN(nn.Module):
+    """Anchors, head, matching + sampling + losses in training, top-k + NMS proposals always."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        anchor_sizes: Sequence[float] = (128.0, 256.0, 512.0),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        stride: int = 16,
+        anchor_offset: float = 0.0,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        pre_nms_topk: tuple[int, int] = (12000, 6000),
+        post_nms_topk: tuple[int, int] = (2000, 1000),
+        nms_thresh: float = 0.7,
+        min_box_size: float = 0.0,
+        smooth_l1_beta: float = 0.0,
+        loss_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios, stride=stride, offset=anchor_offset)
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors)
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        # (train, test) limits.
+        self.pre_nms_topk = pre_nms_topk
+        self.post_nms_topk = post_nms_topk
+        self.nms_thresh = nms_thresh
+        # torchvision drops proposals with a side < 1e-3 px even when no minimum is asked for: degenerate boxes
+        # break RoI pooling statistics. Keep that floor.
+        self.min_box_size = max(min_box_size, 1e-3)
+        self.smooth_l1_beta = smooth_l1_beta
+        self.loss_weight = loss_weight
+
+    def forward(
+        self, features: Tensor, image_sizes: Tensor, gt_boxes: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
+        """
+        Args:
+            features: ``(N, C, H, W)`` stride-16 features of the padded batch.
+            image_sizes: ``(N, 2)`` (height, width) of each image before padding, input pixels.
+            gt_boxes: training only: per image ``(Gi, 4)`` XYXY input pixels (Gi may be 0).
+        Returns:
+            proposals (per image ``(Ri, 4)``, detached), their objectness logits (per image ``(Ri,)``), and a
+            dict of losses and statistics (empty at inference).
+        """
+        n, _, h, w = features.shape
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(h, w)  # (M, 4)
+        # (N, A, H, W) -> (N, H, W, A) -> (N, M); (N, 4A, H, W) -> (N, H, W, A, 4) -> (N, M, 4)
+        logits = logits.permute(0, 2, 3, 1).reshape(n, -1)
+        deltas = deltas.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+        proposals, scores = self.propose(anchors, logits.detach(), deltas.detach(), image_sizes)
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if gt_boxes is None:
+                raise ValueError("RPN needs gt_boxes in training mode")
+            losses = self.losses(anchors, logits, deltas, gt_boxes)
+        return proposals, scores, losses
+
+    @torch.no_grad()
+    def propose(
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """Top-k by objectness, decode, clip, drop tiny boxes, NMS per image, keep the top R per image."""
+        n, m = logits.shape
+        mode = 0 if self.training else 1
+        k = min(self.pre_nms_topk[mode], m)
+        post = self.post_nms_topk[mode]
+        top_logits, top_idx = logits.float().topk(k, dim=1)  # (N, k)
+        top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))  # (N, k, 4)
+        boxes = self.box_coder.decode(top_deltas, anchors[top_idx])  # (N, k, 4)
+        sizes = image_sizes.to(boxes)
+        boxes = clip_boxes(boxes, sizes[:, 0, None], sizes[:, 1, None])
+        keep = nonempty(boxes, self.min_box_size)  # (N, k)
+        img = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
+        boxes, scores, img = boxes[keep], top_logits[keep], img[keep]  # flat (P, ...)
+        kept = batched_nms(boxes, scores, img, self.nms_thresh)  # indices by descending score
+        img_k = img[kept]
+        # Per-image top-R among the NMS survivors: stable sort by image keeps the score order inside each image.
+        order = img_k.argsort(stable=True)
+        kept, img_k = kept[order], img_k[order]
+        counts = torch.bincount(img_k, minlength=n)
+        starts = counts.cumsum(0) - counts
+        rank = torch.arange(kept.numel(), device=kept.device) - starts[img_k]
+        sel = rank < post
+        kept, img_k = kept[sel], img_k[sel]
+        per_image = torch.bincount(img_k, minlength=n).tolist()
+        return list(boxes[kept].split(per_image)), list(scores[kept].split(per_image))
+
+    def losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
+        """Binary CE on sampled anchors + smooth-L1 (L1 at beta 0) on sampled positives, both summed and divided
+        by ``N * batch_size_per_image`` (Detectron's normalization; equals the per-sample mean of Ren et al. when
+        every image fills its sample)."""
+        n, m = logits.shape
+        gt, gt_valid, _ = pad_boxes(gt_boxes)  # (N, G, 4)
+        with torch.no_grad():
+            iou = batched_pairwise_iou(gt, anchors[None].expand(n, -1, -1))  # (N, G, M)
+            matched, labels = self.matcher(iou, gt_valid)
+            pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
+            matched_gt = gt.gather(1, matched[..., None].expand(-1, -1, 4))  # (N, M, 4)
+        sampled = pos | neg
+        norm = float(n * self.batch_size_per_image)
+        obj_loss = F.binary_cross_entropy_with_logits(
+            logits.float()[sampled], pos[sampled].float(), reduction="sum"
+        ) / norm
+        target = self.box_coder.encode(anchors[None].expand(n, -1, -1)[pos], matched_gt[pos])
+        box_loss = _smooth_l1(deltas.float()[pos], target, self.smooth_l1_beta).sum() / norm
+        return {
+            "loss_rpn_cls": obj_loss * self.loss_weight,
+            "loss_rpn_box": box_loss * self.loss_weight,
+            "rpn_num_pos": pos.sum().float().detach() / n,
+            "rpn_num_neg": neg.sum().float().detach() / n,
+            "rpn_pos_labels_fraction": (labels == POSITIVE).float().mean().detach(),
+        }
+
+
+def _smooth_l1(x: Tensor, y: Tensor, beta: float) -> Tensor:
+    """Elementwise smooth-L1 (Huber / beta); L1 when ``beta`` is 0."""
+    diff = (x - y).abs()
+    if beta <= 0:
+        return diff
+    return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
