@@ -1,0 +1,151 @@
+"""The dataset class every detection source (VOC, COCO, synthetic) produces: parsed records + the pipeline.
+
+A record is one image: its file, id, original size and ground truth in OUR convention (XYXY continuous pixels,
+labels in [0, K), a difficult flag). Items are ``(image uint8 (3, H, W) RGB resized, target)`` with target
+``{"boxes" float32 (N, 4) resized pixels, "labels" int64 (N,), "difficult" bool (N,), "image_id", "orig_size"
+(H0, W0), "size" (H, W), "index" i, "num_dropped" boxes removed as degenerate}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .transforms import DetectionTransform, decode_image
+
+logger = logging.getLogger("detection.data")
+
+Family = Literal["voc", "coco", "synthetic"]
+Metric = Literal["voc07", "voc", "coco"]
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file."""
+
+
+@dataclass
+class Record:
+    """One annotated image, in original pixels and our conventions."""
+
+    file: Path
+    image_id: str | int
+    height: int
+    width: int
+    boxes: np.ndarray  # (N, 4) float32 XYXY
+    labels: np.ndarray  # (N,) int64 in [0, K)
+    difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (N,) bool
+
+
+class DetectionDataset(Dataset):
+    """Records + decode + train/test transform. See the module docstring for the item format."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        class_names: Sequence[str],
+        *,
+        family: Family,
+        default_metric: Metric,
+        name: str,
+        train: bool,
+        min_size: int | Sequence[int] = 600,
+        max_size: int = 1000,
+        flip_prob: float = 0.5,
+        photometric: bool = False,
+        use_difficult: bool = False,
+        filter_empty: bool | None = None,
+        skip_bad: bool = False,
+    ) -> None:
+        self.name = name
+        self.class_names = tuple(class_names)
+        self.family = family
+        self.default_metric = default_metric
+        self.train = train
+        self.use_difficult = use_difficult
+        self.skip_bad = skip_bad
+        self.num_skipped = 0
+        filter_empty = train if filter_empty is None else filter_empty
+        records = list(records)
+        if filter_empty:
+            before = len(records)
+            records = [r for r in records if len(self._train_mask(r)) and self._train_mask(r).any()]
+            if before != len(records):
+                logger.info("%s: %d of %d images have no usable box and are not used", name, before - len(records),
+                            before)
+        self.records = records
+        self.transform = DetectionTransform(
+            min_size=min_size, max_size=max_size, train=train, flip_prob=flip_prob if train else 0.0,
+            photometric=photometric and train,
+        )
+
+    def _train_mask(self, r: Record) -> np.ndarray:
+        if not self.train or self.use_difficult or len(r.difficult) == 0:
+            return np.ones(len(r.boxes), dtype=bool)
+        return ~r.difficult
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def image_ids(self) -> list[str | int]:
+        return [r.image_id for r in self.records]
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every image, from the annotations (no decoding)."""
+        return [r.width / r.height for r in self.records]
+
+    def get_ground_truth(self, index: int) -> dict[str, Any]:
+        """All ground truth of an image (difficult included) in ORIGINAL pixels, for evaluation."""
+        r = self.records[index]
+        difficult = r.difficult if len(r.difficult) == len(r.boxes) else np.zeros(len(r.boxes), dtype=bool)
+        return {"image_id": r.image_id, "boxes": r.boxes.astype(np.float32), "labels": r.labels.astype(np.int64),
+                "difficult": difficult.astype(bool), "height": r.height, "width": r.width}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        return self.get_item_seeded(index, None)
+
+    def get_item_seeded(self, index: int, seed: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The item with its random augmentation drawn from ``seed`` (None: from fresh entropy)."""
+        try:
+            return self._load(index, seed)
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            self.num_skipped += 1
+            logger.warning("skipping bad item %d (%s); %d skipped so far", index, e, self.num_skipped)
+            fallback = random.Random(index if seed is None else seed).randrange(len(self))
+            return self._load(fallback, seed)
+
+    def _load(self, index: int, seed: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        r = self.records[index]
+        image = decode_image(r.file)
+        if image.shape[0] != r.height or image.shape[1] != r.width:
+            # Annotation sizes are occasionally wrong in the wild; trust the pixels and rescale the boxes.
+            sy, sx = image.shape[0] / r.height, image.shape[1] / r.width
+            boxes = r.boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+        else:
+            boxes = r.boxes
+        keep = self._train_mask(r)
+        boxes, labels = boxes[keep], r.labels[keep]
+        difficult = r.difficult[keep] if len(r.difficult) == len(r.boxes) else np.zeros(len(boxes), dtype=bool)
+        out = self.transform(image, boxes, labels, difficult, seed=seed)
+        img = torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
+        target = {
+            "boxes": torch.from_numpy(out.boxes.astype(np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(out.labels.astype(np.int64)),
+            "difficult": torch.from_numpy(out.difficult.astype(bool)),
+            "image_id": r.image_id,
+            "orig_size": (int(image.shape[0]), int(image.shape[1])),
+            "size": (int(out.image.shape[0]), int(out.image.shape[1])),
+            "index": index,
+            "num_dropped": out.num_dropped,
+        }
+        return img, target

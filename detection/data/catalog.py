@@ -1,0 +1,111 @@
+"""Dataset names a user types -> datasets, and the data root.
+
+Data root: ``--data-root`` > ``$RESDET_DATA_ROOT`` > the repository's ``datasets/`` folder (see datasets/README.md
+for every layout). Official layouts are used unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import DataError, DetectionDataset
+from .coco import load_coco_records
+from .synthetic import SYNTHETIC_CLASSES, generate_synthetic
+from .voc import VOC_CLASSES, load_voc_records
+
+ENV_DATA_ROOT = "RESDET_DATA_ROOT"
+REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
+
+# name -> [(VOC year, split)]
+VOC_SETS: dict[str, list[tuple[str, str]]] = {
+    "voc07-trainval": [("2007", "trainval")],
+    "voc07-train": [("2007", "train")],
+    "voc07-val": [("2007", "val")],
+    "voc07-test": [("2007", "test")],
+    "voc12-trainval": [("2012", "trainval")],
+    "voc12-train": [("2012", "train")],
+    "voc12-val": [("2012", "val")],
+    "voc12-test": [("2012", "test")],
+    # The paper's VOC 2007 training set (07 trainval + 12 trainval) and VOC 2012 training set (07++12).
+    "voc07+12": [("2007", "trainval"), ("2012", "trainval")],
+    "voc07++12": [("2007", "trainval"), ("2007", "test"), ("2012", "trainval")],
+}
+# name -> (image folder, annotation file) under <root>/coco
+COCO_SETS: dict[str, tuple[str, str]] = {
+    "coco2017-train": ("train2017", "instances_train2017.json"),
+    "coco2017-val": ("val2017", "instances_val2017.json"),
+    "coco2014-train": ("train2014", "instances_train2014.json"),
+    "coco2014-val": ("val2014", "instances_val2014.json"),
+    "coco2014-minival": ("val2014", "instances_minival2014.json"),
+    "coco2014-valminusminival": ("val2014", "instances_valminusminival2014.json"),
+}
+SYNTHETIC_SETS = ("synthetic-train", "synthetic-test")
+DATASET_NAMES: tuple[str, ...] = (*VOC_SETS, *COCO_SETS, *SYNTHETIC_SETS)
+
+
+def get_data_root(root: str | Path | None = None) -> Path:
+    """Explicit argument > ``$RESDET_DATA_ROOT`` > the repository's ``datasets/``."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get(ENV_DATA_ROOT)
+    return Path(env).expanduser() if env else REPO_DATASETS
+
+
+def build_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    train: bool,
+    min_size: int | Sequence[int] = 600,
+    max_size: int = 1000,
+    flip_prob: float = 0.5,
+    photometric: bool = False,
+    use_difficult: bool = False,
+    filter_empty: bool | None = None,
+    skip_bad: bool = False,
+) -> DetectionDataset:
+    """A dataset by the name a user types (see :data:`DATASET_NAMES` and datasets/README.md)."""
+    data_root = get_data_root(root)
+    kwargs: dict[str, Any] = dict(
+        name=name, train=train, min_size=min_size, max_size=max_size, flip_prob=flip_prob,
+        photometric=photometric, use_difficult=use_difficult, filter_empty=filter_empty, skip_bad=skip_bad,
+    )
+    if name in VOC_SETS:
+        parts = []
+        for year, split in VOC_SETS[name]:
+            year_dir = data_root / "VOCdevkit" / f"VOC{year}"
+            if not year_dir.is_dir():
+                raise DataError(f"{name}: VOC{year} not found at {year_dir} (see datasets/README.md)")
+            parts.append((year_dir, split))
+        records = load_voc_records(parts, VOC_CLASSES, skip_bad=skip_bad)
+        metric = "voc07" if VOC_SETS[name] == [("2007", "test")] else "voc"
+        return DetectionDataset(records, VOC_CLASSES, family="voc", default_metric=metric, **kwargs)
+    if name in COCO_SETS:
+        folder, ann = COCO_SETS[name]
+        coco_root = data_root / "coco"
+        records, class_names, contiguous, coco = load_coco_records(coco_root / "annotations" / ann,
+                                                                   coco_root / folder)
+        ds = DetectionDataset(records, class_names, family="coco", default_metric="coco", **kwargs)
+        ds.coco = coco
+        ds.contiguous_to_category_id = contiguous
+        return ds
+    if name in SYNTHETIC_SETS:
+        split = name.split("-", 1)[1]
+        tree = generate_synthetic(data_root)
+        records = load_voc_records([(tree, split)], SYNTHETIC_CLASSES, skip_bad=skip_bad)
+        ds = DetectionDataset(records, SYNTHETIC_CLASSES, family="synthetic", default_metric="voc", **kwargs)
+        # The same images as a COCO-format set, so the COCO metric works on the synthetic data too.
+        from .coco import load_coco
+
+        ds.coco = load_coco(tree / "annotations" / f"instances_{split}.json")
+        ds.contiguous_to_category_id = {i: i + 1 for i in range(len(SYNTHETIC_CLASSES))}
+        return ds
+    raise DataError(f"unknown dataset name {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+
+
+def coco_image_id(dataset: DetectionDataset, index: int) -> int:
+    """The COCO image id of item ``index`` (synthetic ids are the numeric VOC ids)."""
+    return int(dataset.records[index].image_id)
