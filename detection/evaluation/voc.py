@@ -53,7 +53,14 @@ def _to_numpy(x: Any, dtype: Any, shape: tuple[int, ...] | None = None) -> np.nd
 
 
 def _devkit_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """``(D, 4)`` x ``(D, G, 4)`` 1-based inclusive boxes -> ``(D, G)`` IoU with the devkit's +1 arithmetic."""
+    """IoU with the devkit's +1 arithmetic.
+
+    Args:
+        det: (D, 4) 1-based inclusive boxes.
+        gt: (D, G, 4) 1-based inclusive boxes (the ground truth of each detection's image, NaN-padded).
+    Returns:
+        (D, G) IoU; NaN where ``gt`` is padding.
+    """
     ixmin = np.maximum(gt[..., 0], det[:, None, 0])
     iymin = np.maximum(gt[..., 1], det[:, None, 1])
     ixmax = np.minimum(gt[..., 2], det[:, None, 2])
@@ -69,42 +76,60 @@ def _devkit_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return inters / uni
 
 
-def _class_tp_fp(
-    gt_boxes: list[np.ndarray], gt_difficult: list[np.ndarray], det_img: np.ndarray, det_score: np.ndarray,
-    det_box: np.ndarray, iou_thresh: float,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """TP / FP flags (in descending score order) and npos for one class. Boxes are 1-based inclusive."""
-    npos = int(sum(int((~d).sum()) for d in gt_difficult))
-    if det_img.size == 0:
-        return np.zeros(0), np.zeros(0), npos
-    order = np.argsort(-det_score, kind="stable")
-    det_img, det_box = det_img[order], det_box[order]
-    gmax = max([1] + [len(g) for g in gt_boxes])
-    num_images = len(gt_boxes)
-    padded = np.full((num_images, gmax, 4), np.nan)
-    diff = np.zeros((num_images, gmax), dtype=bool)
-    for i, (g, d) in enumerate(zip(gt_boxes, gt_difficult)):
-        padded[i, : len(g)] = g
-        diff[i, : len(d)] = d
-    iou = _devkit_iou(det_box, padded[det_img])  # (D, Gmax); NaN for padding
-    iou = np.nan_to_num(iou, nan=-np.inf)
-    jmax = iou.argmax(axis=1)
-    ovmax = iou[np.arange(len(jmax)), jmax]
-    hit = ovmax > iou_thresh
-    is_difficult = diff[det_img, jmax] & hit
-    candidate = hit & ~is_difficult
-    tp = np.zeros(len(det_img))
-    fp = np.zeros(len(det_img))
-    fp[~hit] = 1.0
-    if candidate.any():
-        idx = np.nonzero(candidate)[0]
-        keys = det_img[idx].astype(np.int64) * gmax + jmax[idx]
-        _, first = np.unique(keys, return_index=True)  # first detection (in score order) per ground truth
-        tp[idx[first]] = 1.0
-        dup = np.ones(len(idx), dtype=bool)
-        dup[first] = False
-        fp[idx[dup]] = 1.0
-    return tp, fp, npos
+class _ClassMatches:
+    """Threshold-independent part of one class's evaluation: each detection's best ground truth.
+
+    The devkit compares a detection with ALL ground truth of its image (matched or not) and only then looks at
+    the threshold, so the arg-max and its IoU are computed once and reused for every IoU threshold.
+    """
+
+    def __init__(
+        self, gt_img: np.ndarray, gt_box: np.ndarray, gt_diff: np.ndarray, det_img: np.ndarray,
+        det_score: np.ndarray, det_box: np.ndarray,
+    ) -> None:
+        # gt_img (G,) image index, gt_box (G, 4) 1-based inclusive, gt_diff (G,); det_* likewise (D,), (D, 4).
+        self.npos = int((~gt_diff).sum())
+        order = np.argsort(-det_score, kind="stable")  # descending score, ties in input order
+        self.det_img = det_img[order]
+        d = len(order)
+        if d == 0:
+            self.gmax, self.jmax, self.ovmax = 1, np.zeros(0, np.int64), np.zeros(0)
+            self.difficult = np.zeros(0, bool)
+            return
+        # Slot of each ground truth within its image: ground truth sorted by image, rank within the run.
+        g_order = np.argsort(gt_img, kind="stable")
+        gi = gt_img[g_order]
+        starts = np.searchsorted(gi, gi, side="left")
+        slot = np.arange(len(gi)) - starts
+        self.gmax = int(slot.max()) + 1 if len(gi) else 1
+        num_images = int(max(det_img.max(initial=-1), gt_img.max(initial=-1))) + 1
+        padded = np.full((num_images, self.gmax, 4), np.nan)
+        diff = np.zeros((num_images, self.gmax), dtype=bool)
+        padded[gi, slot] = gt_box[g_order]
+        diff[gi, slot] = gt_diff[g_order]
+        iou = _devkit_iou(det_box[order], padded[self.det_img])  # (D, Gmax)
+        iou = np.where(np.isnan(iou), -np.inf, iou)  # padding never wins; no ground truth -> ovmax = -inf
+        self.jmax = iou.argmax(axis=1)  # first max on ties, as np.argmax in the devkit
+        self.ovmax = iou[np.arange(d), self.jmax]
+        self.difficult = diff[self.det_img, self.jmax]
+
+    def flags(self, iou_thresh: float) -> tuple[np.ndarray, np.ndarray]:
+        """(D,) TP and FP indicators in descending score order at one IoU threshold."""
+        d = len(self.det_img)
+        tp, fp = np.zeros(d), np.zeros(d)
+        hit = self.ovmax > iou_thresh  # strictly greater, as the devkit
+        fp[~hit] = 1.0
+        candidate = np.nonzero(hit & ~self.difficult)[0]  # a difficult best match is neither TP nor FP
+        if len(candidate):
+            # The devkit never re-assigns a detection to its second-best ground truth, so the true positives
+            # are exactly "the first detection (in score order) whose best match is ground truth g".
+            keys = self.det_img[candidate].astype(np.int64) * self.gmax + self.jmax[candidate]
+            _, first = np.unique(keys, return_index=True)
+            tp[candidate[first]] = 1.0
+            dup = np.ones(len(candidate), dtype=bool)
+            dup[first] = False
+            fp[candidate[dup]] = 1.0
+        return tp, fp
 
 
 def _ap_from_flags(tp: np.ndarray, fp: np.ndarray, npos: int, use_07_metric: bool) -> tuple[float, np.ndarray,
