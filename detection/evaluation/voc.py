@@ -27,7 +27,10 @@ from typing import Any
 
 import numpy as np
 
+# Detectron2 PascalVOCDetectionEvaluator's "AP": the mean over these IoU thresholds.
 IOU_THRESHOLDS_COCO_STYLE = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
+# py-faster-rcnn writes "comp4" (external data allowed) results.
+DEVKIT_PREFIX = "comp4_det_test_"
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = False) -> float:
@@ -132,21 +135,58 @@ class _ClassMatches:
         return tp, fp
 
 
-def _ap_from_flags(tp: np.ndarray, fp: np.ndarray, npos: int, use_07_metric: bool) -> tuple[float, np.ndarray,
-                                                                                          np.ndarray]:
+def _ap_from_flags(
+    tp: np.ndarray, fp: np.ndarray, npos: int, use_07_metric: bool
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """(AP, recall, precision); AP is NaN when the class has no non-difficult ground truth (npos = 0)."""
     if npos == 0:
         return float("nan"), np.zeros(0), np.zeros(0)
     ctp, cfp = np.cumsum(tp), np.cumsum(fp)
     rec = ctp / float(npos)
+    # The devkit's guard against 0/0 when the first detections are all difficult matches.
     prec = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
     return voc_ap(rec, prec, use_07_metric), rec, prec
 
 
-def to_devkit_boxes(boxes: np.ndarray) -> np.ndarray:
-    """Our XYXY continuous pixels -> the devkit's 1-based inclusive pixel box."""
-    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+def to_devkit_boxes(boxes: Any) -> np.ndarray:
+    """Our (N, 4) XYXY continuous pixels -> the devkit's 1-based inclusive pixel boxes (x1 + 1, y1 + 1, x2, y2).
+
+    Equivalence: a continuous box [x1, x2) covers the 1-based pixels x1 + 1 .. x2, whose devkit width is
+    x2 - (x1 + 1) + 1 = x2 - x1; so devkit IoU of converted boxes is the plain continuous IoU.
+    """
+    out = _to_numpy(boxes, np.float64, (-1, 4)).copy()
     out[:, :2] += 1.0
     return out
+
+
+def _flatten(per_image: Sequence[dict[str, Any]], *, with_scores: bool) -> dict[str, np.ndarray]:
+    """Per-image dicts -> flat arrays with an image index column (boxes converted to the devkit's)."""
+    img, box, lab, extra = [], [], [], []
+    for i, d in enumerate(per_image):
+        b = to_devkit_boxes(d["boxes"])
+        labels = _to_numpy(d["labels"], np.int64, (-1,))
+        if len(labels) != len(b):
+            raise ValueError(f"image {i}: {len(b)} boxes but {len(labels)} labels")
+        if with_scores:
+            e = _to_numpy(d["scores"], np.float64, (-1,))
+        else:
+            e = _to_numpy(d["difficult"], bool, (-1,)) if d.get("difficult") is not None else np.zeros(len(b), bool)
+        if len(e) != len(b):
+            raise ValueError(f"image {i}: {len(b)} boxes but {len(e)} {'scores' if with_scores else 'difficult'}")
+        img.append(np.full(len(b), i, dtype=np.int64))
+        box.append(b)
+        lab.append(labels)
+        extra.append(e)
+    key = "scores" if with_scores else "difficult"
+    if not img:
+        return {"img": np.zeros(0, np.int64), "boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64),
+                key: np.zeros(0, np.float64 if with_scores else bool)}
+    return {"img": np.concatenate(img), "boxes": np.concatenate(box), "labels": np.concatenate(lab),
+            key: np.concatenate(extra)}
+
+
+def _nanmean_or_nan(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def evaluate_detections(
@@ -159,169 +199,243 @@ def evaluate_detections(
     all_thresholds: bool = False,
     return_curves: bool = False,
 ) -> dict[str, Any]:
-    """VOC AP per class and their mean.
+    """VOC AP per class and their mean, exactly as the devkit computes them.
 
     Args:
         ground_truth: per image ``{"boxes" (N, 4) XYXY ours, "labels" (N,) in [0, K), "difficult" (N,) bool}``.
-        detections: per image (same order) ``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}``; tensors or numpy.
+        detections: per image (same order) ``{"boxes" (D, 4) XYXY ours, "scores" (D,), "labels" (D,)}``;
+            tensors or numpy arrays.
         class_names: the K class names.
-        use_07_metric: 11-point AP (VOC2007 test) instead of the area under the curve.
-        iou_thresh: IoU threshold for "mAP" / "per_class".
-        all_thresholds: also report "AP" (mean over IoU 0.50:0.95), "AP50" and "AP75" as Detectron2 does.
+        use_07_metric: 11-point AP (VOC2007 test) instead of the area under the precision envelope.
+        iou_thresh: IoU threshold for "mAP" / "per_class" (a detection needs IoU > iou_thresh).
+        all_thresholds: also report "AP" (mean over IoU 0.50:0.95 step 0.05), "AP50" and "AP75" as Detectron2's
+            PascalVOCDetectionEvaluator does (in percent there; fractions here).
+        return_curves: add "curves": {name: {"recall": [...], "precision": [...]}} at ``iou_thresh``.
     Returns:
-        ``{"mAP": float, "per_class": {name: AP or None}}`` (+ "AP", "AP50", "AP75"; + "curves" when asked).
+        ``{"mAP", "per_class": {name: AP or None}, "metric", "iou_thresh", "num_gt": {name: npos}}`` with AP as
+        fractions in [0, 1]. A class without non-difficult ground truth has no defined AP (the devkit's 0/0
+        recall): it is ``None`` in "per_class" and left out of every mean. A class with ground truth but no
+        detections has AP 0.
     """
     if len(ground_truth) != len(detections):
         raise ValueError(f"{len(ground_truth)} ground-truth images but {len(detections)} detection entries")
     k = len(class_names)
-    gts = [
-        (
-            to_devkit_boxes(_to_numpy(g["boxes"], np.float64, (-1, 4))),
-            _to_numpy(g["labels"], np.int64, (-1,)),
-            _to_numpy(g.get("difficult", np.zeros(len(g["labels"]))), bool, (-1,)),
-        )
-        for g in ground_truth
-    ]
-    det_img, det_box, det_score, det_lab = [], [], [], []
-    for i, d in enumerate(detections):
-        b = _to_numpy(d["boxes"], np.float64, (-1, 4))
-        det_box.append(to_devkit_boxes(b))
-        det_score.append(_to_numpy(d["scores"], np.float64, (-1,)))
-        det_lab.append(_to_numpy(d["labels"], np.int64, (-1,)))
-        det_img.append(np.full(len(b), i, dtype=np.int64))
-    all_img = np.concatenate(det_img) if det_img else np.zeros(0, np.int64)
-    all_box = np.concatenate(det_box) if det_box else np.zeros((0, 4))
-    all_score = np.concatenate(det_score) if det_score else np.zeros(0)
-    all_lab = np.concatenate(det_lab) if det_lab else np.zeros(0, np.int64)
-
-    thresholds = sorted({iou_thresh, *(IOU_THRESHOLDS_COCO_STYLE if all_thresholds else ())})
+    gt = _flatten(ground_truth, with_scores=False)
+    det = _flatten(detections, with_scores=True)
+    for what, labels in (("ground-truth", gt["labels"]), ("detection", det["labels"])):
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"{what} label {int(labels.max() if labels.max() >= k else labels.min())} outside "
+                             f"[0, {k}) for {k} classes")
+    thresholds = sorted({float(iou_thresh), *(IOU_THRESHOLDS_COCO_STYLE if all_thresholds else ())})
     ap = {t: np.full(k, np.nan) for t in thresholds}
     curves: dict[str, dict[str, list[float]]] = {}
+    num_gt: dict[str, int] = {}
+    # Group once by class (a stable sort keeps the input order inside each class, for tie-breaking).
+    g_order = np.argsort(gt["labels"], kind="stable")
+    d_order = np.argsort(det["labels"], kind="stable")
+    g_bounds = np.searchsorted(gt["labels"][g_order], np.arange(k + 1))
+    d_bounds = np.searchsorted(det["labels"][d_order], np.arange(k + 1))
     for c in range(k):
-        gt_b = [g[0][g[1] == c] for g in gts]
-        gt_d = [g[2][g[1] == c] for g in gts]
-        sel = all_lab == c
+        gs = g_order[g_bounds[c]:g_bounds[c + 1]]
+        ds = d_order[d_bounds[c]:d_bounds[c + 1]]
+        m = _ClassMatches(gt["img"][gs], gt["boxes"][gs], gt["difficult"][gs], det["img"][ds], det["scores"][ds],
+                          det["boxes"][ds])
+        num_gt[class_names[c]] = m.npos
         for t in thresholds:
-            tp, fp, npos = _class_tp_fp(gt_b, gt_d, all_img[sel], all_score[sel], all_box[sel], t)
-            ap[t][c], rec, prec = _ap_from_flags(tp, fp, npos, use_07_metric)
-            if return_curves and t == iou_thresh:
+            tp, fp = m.flags(t)
+            ap[t][c], rec, prec = _ap_from_flags(tp, fp, m.npos, use_07_metric)
+            if return_curves and t == float(iou_thresh):
                 curves[class_names[c]] = {"recall": rec.tolist(), "precision": prec.tolist()}
-    main = ap[iou_thresh]
+    main = ap[float(iou_thresh)]
     out: dict[str, Any] = {
-        "mAP": float(np.nanmean(main)) if np.isfinite(main).any() else float("nan"),
+        "mAP": _nanmean_or_nan(main),
         "per_class": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, main)},
         "metric": "voc07" if use_07_metric else "voc",
-        "iou_thresh": iou_thresh,
+        "iou_thresh": float(iou_thresh),
+        "num_gt": num_gt,
     }
     if all_thresholds:
-        means = [float(np.nanmean(ap[t])) if np.isfinite(ap[t]).any() else float("nan")
-                 for t in IOU_THRESHOLDS_COCO_STYLE]
+        means = [_nanmean_or_nan(ap[t]) for t in IOU_THRESHOLDS_COCO_STYLE]
         out["AP"] = float(np.mean(means))
-        out["AP50"] = means[0]
+        out["AP50"] = means[IOU_THRESHOLDS_COCO_STYLE.index(0.5)]
         out["AP75"] = means[IOU_THRESHOLDS_COCO_STYLE.index(0.75)]
     if return_curves:
         out["curves"] = curves
     return out
 
 
+def _empty_detections() -> dict[str, np.ndarray]:
+    return {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}
+
+
+def write_devkit_results(
+    directory: str | Path,
+    detections: Sequence[dict[str, Any]],
+    image_ids: Sequence[str | int],
+    class_names: Sequence[str],
+    prefix: str = DEVKIT_PREFIX,
+) -> list[Path]:
+    """Write ``<prefix><class>.txt`` per class as py-faster-rcnn does: ``<image_id> <score:.3f> <x1> <y1> <x2>
+    <y2>`` with 1-based inclusive pixel coordinates to 1 decimal. Returns the written paths (one per class)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines: list[list[str]] = [[] for _ in class_names]
+    for iid, d in zip(image_ids, detections):
+        boxes = to_devkit_boxes(d["boxes"])
+        scores = _to_numpy(d["scores"], np.float64, (-1,))
+        labels = _to_numpy(d["labels"], np.int64, (-1,))
+        for b, s, c in zip(boxes, scores, labels):
+            lines[int(c)].append(f"{iid} {s:.3f} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n")
+    paths = []
+    for c, name in enumerate(class_names):
+        p = directory / f"{prefix}{name}.txt"
+        p.write_text("".join(lines[c]))
+        paths.append(p)
+    return paths
+
+
+def read_devkit_results(
+    directory: str | Path,
+    class_names: Sequence[str],
+    image_ids: Sequence[str | int],
+    prefix: str = DEVKIT_PREFIX,
+) -> list[dict[str, np.ndarray]]:
+    """Read devkit per-class results files -> per-image detections (in ``image_ids`` order, our box convention).
+
+    A missing class file means "no detections of that class"; a directory with none of them is an error, as is
+    a malformed line or an image id that is not in ``image_ids`` (both name the file and line).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"devkit results directory not found: {directory}")
+    index_of = {str(iid): i for i, iid in enumerate(image_ids)}
+    rows: dict[int, list[tuple[float, float, float, float, float, int]]] = {}
+    found = 0
+    for c, name in enumerate(class_names):
+        p = directory / f"{prefix}{name}.txt"
+        if not p.is_file():
+            continue
+        found += 1
+        for ln, line in enumerate(p.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise ValueError(f"{p}:{ln}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', got {line!r}")
+            if parts[0] not in index_of:
+                raise ValueError(f"{p}:{ln}: image id {parts[0]!r} is not in the evaluated image set")
+            try:
+                s, x1, y1, x2, y2 = (float(v) for v in parts[1:])
+            except ValueError as e:
+                raise ValueError(f"{p}:{ln}: non-numeric value in {line!r}") from e
+            rows.setdefault(index_of[parts[0]], []).append((x1 - 1.0, y1 - 1.0, x2, y2, s, c))  # 1-based -> ours
+    if found == 0:
+        raise FileNotFoundError(f"no {prefix}<class>.txt files in {directory}")
+    out = [_empty_detections() for _ in image_ids]
+    for i, r in rows.items():
+        arr = np.asarray(r, dtype=np.float64)
+        out[i] = {"boxes": arr[:, :4], "scores": arr[:, 4], "labels": arr[:, 5].astype(np.int64)}
+    return out
+
+
 class VOCEvaluator:
     """Collects detections per dataset image and scores them with :func:`evaluate_detections`.
 
-    ``ground_truth[i]`` is the ground truth of dataset index i (original pixels, our convention).
+    Args:
+        dataset_or_gt: a dataset with ``get_ground_truth(i)`` / ``__len__``, or a sequence of ground-truth dicts
+            (``{"image_id", "boxes" (N, 4) original pixels ours, "labels", "difficult"}``), one per image index.
+        class_names: the K class names.
+        use_07_metric: 11-point AP (VOC2007 test).
     """
 
-    def __init__(
-        self,
-        ground_truth: Sequence[dict[str, Any]],
-        class_names: Sequence[str],
-        *,
-        use_07_metric: bool = False,
-        image_ids: Sequence[str | int] | None = None,
-    ) -> None:
-        self.ground_truth = list(ground_truth)
+    def __init__(self, dataset_or_gt: Any, class_names: Sequence[str], *, use_07_metric: bool = False) -> None:
+        if hasattr(dataset_or_gt, "get_ground_truth"):
+            gt = [dataset_or_gt.get_ground_truth(i) for i in range(len(dataset_or_gt))]
+        else:
+            gt = list(dataset_or_gt)
+        self.ground_truth = gt
         self.class_names = tuple(class_names)
         self.use_07_metric = use_07_metric
-        self.image_ids = list(image_ids) if image_ids is not None else [g.get("image_id", i) for i, g in
-                                                                            enumerate(self.ground_truth)]
+        self.image_ids: list[str | int] = [g.get("image_id", i) for i, g in enumerate(gt)]
         self.reset()
 
     @classmethod
     def from_dataset(cls, dataset: Any, *, use_07_metric: bool) -> VOCEvaluator:
-        gt = [dataset.get_ground_truth(i) for i in range(len(dataset))]
-        return cls(gt, dataset.class_names, use_07_metric=use_07_metric, image_ids=[g["image_id"] for g in gt])
+        return cls(dataset, dataset.class_names, use_07_metric=use_07_metric)
 
     def reset(self) -> None:
         self.detections: dict[int, dict[str, np.ndarray]] = {}
 
     def add(self, target: dict[str, Any], detections: dict[str, Any]) -> None:
-        """Detections of dataset item ``target["index"]`` in original-image pixels."""
-        self.detections[int(target["index"])] = {
+        """Detections ``{"boxes" (D, 4) original pixels, "scores", "labels"}`` of dataset item ``target["index"]``."""
+        i = int(target["index"])
+        if not 0 <= i < len(self.ground_truth):
+            raise IndexError(f"image index {i} outside the {len(self.ground_truth)} evaluated images")
+        self.detections[i] = {
             "boxes": _to_numpy(detections["boxes"], np.float64, (-1, 4)),
             "scores": _to_numpy(detections["scores"], np.float64, (-1,)),
             "labels": _to_numpy(detections["labels"], np.int64, (-1,)),
         }
 
     def state(self) -> dict[int, dict[str, np.ndarray]]:
+        """What a process collected (picklable), for gathering in a distributed run."""
         return self.detections
 
     def merge(self, states: Sequence[dict[int, dict[str, np.ndarray]]]) -> None:
+        """Union of gathered states; an image seen twice (padded shards) keeps one copy."""
         for s in states:
             self.detections.update(s)
 
-    def _all_detections(self) -> list[dict[str, np.ndarray]]:
-        empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}
-        return [self.detections.get(i, empty) for i in range(len(self.ground_truth))]
+    def all_detections(self) -> list[dict[str, np.ndarray]]:
+        """Per image index (images never added count as 'no detections')."""
+        return [self.detections.get(i, _empty_detections()) for i in range(len(self.ground_truth))]
 
     def evaluate(self, *, return_curves: bool = False) -> dict[str, Any]:
-        return evaluate_detections(
-            self.ground_truth, self._all_detections(), self.class_names, use_07_metric=self.use_07_metric,
-            all_thresholds=True, return_curves=return_curves,
-        )
+        out = evaluate_detections(self.ground_truth, self.all_detections(), self.class_names,
+                                  use_07_metric=self.use_07_metric, all_thresholds=True, return_curves=return_curves)
+        out["num_images_with_detections"] = len(self.detections)
+        return out
 
-    def write_devkit_results(self, directory: str | Path, prefix: str = "comp4_det_test_") -> list[Path]:
-        """``<prefix><class>.txt`` files, lines ``<image_id> <score> <x1> <y1> <x2> <y2>`` (1-based pixels)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        lines: dict[int, list[str]] = {c: [] for c in range(len(self.class_names))}
-        for i, d in sorted(self.detections.items()):
-            boxes = to_devkit_boxes(d["boxes"])
-            for b, s, c in zip(boxes, d["scores"], d["labels"]):
-                lines[int(c)].append(f"{self.image_ids[i]} {s:.6f} {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f}\n")
-        paths = []
-        for c, name in enumerate(self.class_names):
-            p = directory / f"{prefix}{name}.txt"
-            p.write_text("".join(lines[c]))
-            paths.append(p)
-        return paths
+    def pr_curves(self) -> dict[str, dict[str, list[float]]]:
+        """{class name: {"recall": [...], "precision": [...]}} at IoU 0.5 (for :func:`detection.visualize`)."""
+        return evaluate_detections(self.ground_truth, self.all_detections(), self.class_names,
+                                   use_07_metric=self.use_07_metric, return_curves=True)["curves"]
 
-    def read_devkit_results(self, directory: str | Path, prefix: str = "comp4_det_test_") -> None:
-        """Load detections from devkit per-class files (replacing what was added)."""
-        directory = Path(directory)
-        index_of = {str(iid): i for i, iid in enumerate(self.image_ids)}
-        per_image: dict[int, list[tuple[float, float, float, float, float, int]]] = {}
-        found = 0
-        for c, name in enumerate(self.class_names):
-            p = directory / f"{prefix}{name}.txt"
-            if not p.is_file():
-                continue
-            found += 1
-            for ln, line in enumerate(p.read_text().splitlines(), 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 6:
-                    raise ValueError(f"{p}:{ln}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', got {line!r}")
-                if parts[0] not in index_of:
-                    raise ValueError(f"{p}:{ln}: image id {parts[0]!r} is not in the dataset")
-                s, x1, y1, x2, y2 = (float(v) for v in parts[1:])
-                # 1-based inclusive -> ours
-                per_image.setdefault(index_of[parts[0]], []).append((x1 - 1.0, y1 - 1.0, x2, y2, s, c))
-        if found == 0:
-            raise FileNotFoundError(f"no {prefix}<class>.txt files in {directory}")
+    def write_devkit_results(self, directory: str | Path, prefix: str = DEVKIT_PREFIX) -> list[Path]:
+        return write_devkit_results(directory, self.all_detections(), self.image_ids, self.class_names, prefix)
+
+    def read_devkit_results(self, directory: str | Path, prefix: str = DEVKIT_PREFIX) -> None:
+        """Replace the collected detections by those in devkit results files."""
+        dets = read_devkit_results(directory, self.class_names, self.image_ids, prefix)
         self.reset()
-        for i, rows in per_image.items():
-            arr = np.asarray(rows, dtype=np.float64)
-            self.detections[i] = {"boxes": arr[:, :4], "scores": arr[:, 4], "labels": arr[:, 5].astype(np.int64)}
+        self.detections = {i: d for i, d in enumerate(dets) if len(d["scores"])}
 
-    def all_detections(self) -> list[dict[str, np.ndarray]]:
-        return self._all_detections()
+
+def benchmark_voc_eval(num_images: int = 4952, num_classes: int = 20, dets_per_image: int = 100,
+                       seed: int = 0) -> dict[str, float]:
+    """Time :func:`evaluate_detections` on a VOC07-test-sized random problem (prints and returns seconds)."""
+    import time
+
+    rng = np.random.default_rng(seed)
+    gt, det = [], []
+    for _ in range(num_images):
+        n = int(rng.integers(1, 6))
+        xy = rng.uniform(0, 400, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(10, 200, (n, 2))], axis=1)
+        labels = rng.integers(0, num_classes, n)
+        gt.append({"boxes": boxes, "labels": labels, "difficult": rng.random(n) < 0.1})
+        j = rng.integers(0, n, dets_per_image)
+        det_labels = np.where(rng.random(dets_per_image) < 0.5, labels[j], rng.integers(0, num_classes, dets_per_image))
+        det.append({"boxes": boxes[j] + rng.normal(0, 10, (dets_per_image, 4)), "scores": rng.random(dets_per_image),
+                    "labels": det_labels})
+    names = [f"c{i}" for i in range(num_classes)]
+    t0 = time.perf_counter()
+    evaluate_detections(gt, det, names, use_07_metric=True)
+    t1 = time.perf_counter()
+    evaluate_detections(gt, det, names, all_thresholds=True)
+    t2 = time.perf_counter()
+    result = {"num_detections": float(num_images * dets_per_image), "seconds_iou50": t1 - t0,
+              "seconds_all_thresholds": t2 - t1}
+    print(f"VOC eval: {num_images} images, {num_images * dets_per_image} detections: {t1 - t0:.2f} s at IoU 0.5, "
+          f"{t2 - t1:.2f} s for IoU 0.50:0.95")
+    return result
