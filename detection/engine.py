@@ -392,6 +392,9 @@ class Trainer:
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=acc.device.type == "cuda",
+            # The loader draws its workers' base seed from this generator, not from the global RNG, so creating
+            # the iterator at a resume point leaves the global RNG exactly as the uninterrupted run had it.
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
 
     def _to_device(self, images: list[Tensor], targets: list[dict[str, Any]]) -> tuple[list[Tensor], list[dict]]:
