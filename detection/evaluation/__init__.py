@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from .coco import COCO_STAT_NAMES, COCOEvaluator, evaluate_coco, evaluate_coco_results
+from .coco import COCO_STAT_NAMES, COCOEvaluator, evaluate_coco, evaluate_coco_results, load_results_json
 from .inference import run_inference
-from .voc import VOCEvaluator, evaluate_detections, voc_ap
+from .voc import (
+    VOCEvaluator,
+    benchmark_voc_eval,
+    evaluate_detections,
+    read_devkit_results,
+    voc_ap,
+    write_devkit_results,
+)
 
 METRICS = ("voc07", "voc", "coco")
 
 
 def build_evaluator(dataset: Any, metric: str | None = None) -> VOCEvaluator | COCOEvaluator:
-    """``metric`` None -> the dataset's default (VOC2007 test: voc07, other VOC / synthetic: voc, COCO: coco)."""
+    """The evaluator for ``dataset`` (a ``detection.data.DetectionDataset``).
+
+    ``metric`` None -> ``dataset.default_metric`` (VOC2007 test: "voc07" 11-point, other VOC / synthetic: "voc"
+    area, COCO: "coco"). Both evaluators take ``add(target, detections)`` with the loader's target dict.
+    """
     metric = metric or dataset.default_metric
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if metric == "coco":
         if getattr(dataset, "coco", None) is None:
-            raise ValueError(f"dataset {dataset.name!r} has no COCO-format ground truth for the coco metric")
+            raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has no COCO-format ground truth for the "
+                             "coco metric")
         return COCOEvaluator.from_dataset(dataset)
     return VOCEvaluator.from_dataset(dataset, use_07_metric=metric == "voc07")
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """A per-class AP table (percent) followed by the summary numbers, for printing."""
+    lines = []
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        width = max(len(n) for n in per_class)
+        lines.append(f"{'class':<{width}}  AP (%)")
+        for name, ap in per_class.items():
+            lines.append(f"{name:<{width}}  {'  n/a (no ground truth)' if ap is None else f'{100 * ap:6.2f}'}")
+    summary = [k for k in ("mAP", "AP", "AP50", "AP75", *COCO_STAT_NAMES[3:]) if k in metrics]
+    for k in dict.fromkeys(summary):
+        v = metrics[k]
+        lines.append(f"{k:>6}: {'nan' if v is None or math.isnan(v) else f'{100 * v:.2f}'}")
+    if "num_images" in metrics:
+        lines.append(f"images: {metrics['num_images']}  ({metrics.get('ms_per_image', float('nan')):.1f} ms/image)")
+    return "\n".join(lines)
 
 
 __all__ = [
@@ -28,10 +59,15 @@ __all__ = [
     "COCO_STAT_NAMES",
     "METRICS",
     "VOCEvaluator",
+    "benchmark_voc_eval",
     "build_evaluator",
     "evaluate_coco",
     "evaluate_coco_results",
     "evaluate_detections",
+    "format_metrics",
+    "load_results_json",
+    "read_devkit_results",
     "run_inference",
     "voc_ap",
+    "write_devkit_results",
 ]

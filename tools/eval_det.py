@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Evaluate a trained detector, or score saved detections, with the VOC devkit or COCO metric.
+
+    python tools/eval_det.py --checkpoint output/x/model_final.pth                 # its own test set
+    python tools/eval_det.py --checkpoint model.pth --dataset voc07-test --write-devkit out/devkit
+    accelerate launch --num_processes 8 tools/eval_det.py --checkpoint model.pth --dataset coco2017-val
+    python tools/eval_det.py --dataset voc07-test --results out/devkit              # comp4_det_test_<class>.txt
+    python tools/eval_det.py --gt-json instances_val2014.json --results detections.json   # COCO results file
+
+The metric defaults to the dataset's (VOC2007 test: 11-point "voc07"; other VOC / synthetic: "voc"; COCO: "coco").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+# Running from a source checkout without installing must find the packages too.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from detection.evaluation import (  # noqa: E402
+    METRICS,
+    COCOEvaluator,
+    VOCEvaluator,
+    build_evaluator,
+    evaluate_coco_results,
+    format_metrics,
+    load_results_json,
+    read_devkit_results,
+    run_inference,
+)
+
+logger = logging.getLogger("eval_det")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="detector file (final weights or a training checkpoint) to run")
+    src.add_argument("--results", help="saved detections: a directory of devkit comp4_det_test_<class>.txt files "
+                                       "or a COCO results .json")
+    gt = p.add_mutually_exclusive_group()
+    gt.add_argument("--dataset", help="evaluation set name, e.g. voc07-test, coco2017-val (default with "
+                                      "--checkpoint: the one it was trained for)")
+    gt.add_argument("--gt-json", help="COCO annotation file to score a COCO results .json against (no dataset)")
+    p.add_argument("--data-root", help="data root (default: $RESDET_DATA_ROOT or datasets/)")
+    p.add_argument("--metric", choices=METRICS, help="default: the dataset's")
+    p.add_argument("--output", help="write the metrics as JSON here")
+    p.add_argument("--pr-curves", help="plot per-class precision/recall curves to this PNG (VOC metrics)")
+    p.add_argument("--write-devkit", help="write devkit comp4_det_test_<class>.txt files here (VOC metrics)")
+    p.add_argument("--write-coco-json", help="write a COCO results .json here (coco metric)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--num-workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.gt_json and (args.checkpoint or not str(args.results).endswith(".json")):
+        p.error("--gt-json scores a COCO results .json given with --results")
+    if args.results and not args.dataset and not args.gt_json:
+        p.error("--results needs --dataset (or --gt-json for a COCO results .json)")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def _check_outputs(args: argparse.Namespace, evaluator: Any) -> None:
+    """Fail before any long run when an asked-for output does not fit the metric."""
+    if isinstance(evaluator, COCOEvaluator) and (args.write_devkit or args.pr_curves):
+        raise ValueError("--write-devkit / --pr-curves need a VOC metric (--metric voc07 or voc)")
+    if isinstance(evaluator, VOCEvaluator) and args.write_coco_json:
+        raise ValueError("--write-coco-json needs --metric coco")
+
+
+def _build_dataset(name: str, args: argparse.Namespace, **sizes: int) -> Any:
+    from detection.data import build_dataset
+
+    return build_dataset(name, args.data_root, train=False, **sizes)
+
+
+def _score_results(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    path = Path(args.results)
+    if args.gt_json:
+        return evaluate_coco_results(args.gt_json, path), None
+    dataset = _build_dataset(args.dataset, args)
+    evaluator = build_evaluator(dataset, args.metric)
+    _check_outputs(args, evaluator)
+    if path.is_dir():
+        ids = dataset.image_ids
+        for i, det in enumerate(read_devkit_results(path, dataset.class_names, ids)):
+            evaluator.add({"index": i, "image_id": ids[i]}, det)
+    elif path.suffix == ".json":
+        if not isinstance(evaluator, COCOEvaluator):
+            raise ValueError(f"{path}: a COCO results file is scored with --metric coco")
+        for r in load_results_json(path):
+            evaluator.results.setdefault(int(r["image_id"]), []).append(r)
+    else:
+        raise FileNotFoundError(f"--results {path}: neither a directory of devkit files nor a .json file")
+    return evaluator.evaluate(), evaluator
+
+
+def _run_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
+    from accelerate import Accelerator
+
+    from detection.data import build_test_loader
+    from detection.engine import load_detector_for_eval
+
+    accelerator = Accelerator(cpu=args.cpu)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    model, class_names, min_size, max_size, trained_for = load_detector_for_eval(str(ckpt), accelerator.device)
+    name = args.dataset or trained_for
+    if not name:
+        raise ValueError(f"{ckpt}: records no test dataset; pass --dataset")
+    dataset = _build_dataset(name, args, min_size=min_size, max_size=max_size)
+    if class_names and list(class_names) != list(dataset.class_names):
+        raise ValueError(f"{ckpt}: classes {list(class_names)[:5]}... do not match dataset {name!r} "
+                         f"{list(dataset.class_names)[:5]}...")
+    evaluator = build_evaluator(dataset, args.metric)
+    _check_outputs(args, evaluator)
+    loader = build_test_loader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                               num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    metrics = run_inference(model, loader, evaluator, accelerator=accelerator, progress=not args.no_progress)
+    return metrics, evaluator if accelerator.is_main_process else None
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        metrics, evaluator = _score_results(args) if args.results else _run_checkpoint(args)
+        if not metrics:  # a non-main process of a distributed run
+            return 0
+        if args.write_devkit:
+            paths = evaluator.write_devkit_results(args.write_devkit)
+            logger.info("wrote %d devkit files to %s", len(paths), args.write_devkit)
+        if args.write_coco_json and evaluator is not None:
+            logger.info("wrote %s", evaluator.write_results(args.write_coco_json))
+        if args.pr_curves:
+            from detection.visualize import save_pr_curves
+
+            logger.info("wrote %s", save_pr_curves(evaluator.pr_curves(), args.pr_curves))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"eval_det: error: {e}", file=sys.stderr)
+        return 2
+    print(format_metrics(metrics))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_json_safe({k: v for k, v in metrics.items() if k not in ("log", "curves")}),
+                                  indent=2) + "\n")
+        logger.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
