@@ -235,3 +235,40 @@ def test_real_voc2007_sample_ground_truth_scores_perfectly(tmp_path: Path) -> No
     present = {k: v for k, v in metrics["per_class"].items() if v is not None}
     assert metrics["per_class"]["cat"] is None  # no cat in these test images (see shared/data/README.md)
     assert present and all(v == pytest.approx(1.0) for v in present.values())
+
+
+@pytest.mark.skipif(not (SHARED / "coco").is_dir(), reason="../shared/data not present")
+def test_coco_results_against_a_dataset_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A COCO results file scored through the dataset catalog (coco2017-val layout) equals the reference numbers,
+    and is re-written unchanged in content by --write-coco-json."""
+    ann = tmp_path / "data" / "coco" / "annotations"
+    ann.mkdir(parents=True)
+    (ann / "instances_val2017.json").symlink_to(
+        (SHARED / "coco" / "val2014-first100-gt" / "sampled_gts_bbox_area.json").resolve())
+    fake = SHARED / "coco" / "val2014-first100-fake-results.json"
+    out, rewritten = tmp_path / "m.json", tmp_path / "re.json"
+    rc = _tool().main(["--dataset", "coco2017-val", "--data-root", str(tmp_path / "data"), "--results", str(fake),
+                       "--output", str(out), "--write-coco-json", str(rewritten)])
+    assert rc == 0
+    metrics = json.loads(out.read_text())
+    for name, value in COCO_REFERENCE.items():
+        assert metrics[name] == pytest.approx(value, abs=1e-6), name
+    key = (lambda r: (r["image_id"], r["category_id"], r["score"], *r["bbox"]))  # noqa: E731
+    assert sorted(map(key, json.loads(rewritten.read_text()))) == sorted(map(key, json.loads(fake.read_text())))
+    rc = _tool().main(["--dataset", "coco2017-val", "--data-root", str(tmp_path / "data"), "--results", str(fake),
+                       "--write-devkit", str(tmp_path / "dk")])
+    assert rc == 2 and "--write-devkit" in capsys.readouterr().err
+
+
+def test_draw_detections() -> None:
+    from detection.visualize import class_color, draw_detections
+
+    image = np.zeros((64, 80, 3), np.uint8)
+    drawn = draw_detections(image, torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 8.0, 8.0]]),
+                            torch.tensor([3, 5]), torch.tensor([0.93, 0.2]), VOC_CLASSES, score_thresh=0.5)
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8 and not image.any()  # input untouched
+    assert tuple(drawn[40, 10]) == class_color(3)  # left edge of the kept box, in its class colour
+    assert not drawn[4, 4].any()  # the 0.2 detection is below the threshold
+    assert class_color(3) != class_color(4)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        draw_detections(image[..., 0], [], [], [], VOC_CLASSES)
