@@ -28,7 +28,6 @@ VOC_SETS: dict[str, list[tuple[str, str]]] = {
     "voc12-trainval": [("2012", "trainval")],
     "voc12-train": [("2012", "train")],
     "voc12-val": [("2012", "val")],
-    "voc12-test": [("2012", "test")],
     # The paper's VOC 2007 training set (07 trainval + 12 trainval) and VOC 2012 training set (07++12).
     "voc07+12": [("2007", "trainval"), ("2012", "trainval")],
     "voc07++12": [("2007", "trainval"), ("2007", "test"), ("2012", "trainval")],
@@ -80,23 +79,22 @@ def build_dataset(
             if not year_dir.is_dir():
                 raise DataError(f"{name}: VOC{year} not found at {year_dir} (see datasets/README.md)")
             parts.append((year_dir, split))
-        records = load_voc_records(parts, VOC_CLASSES, skip_bad=skip_bad)
+        records, skipped = load_voc_records(parts, VOC_CLASSES, skip_bad=skip_bad)
+        # VOC2007 test is scored with the devkit's 11-point metric, everything else with the area under the curve.
         metric = "voc07" if VOC_SETS[name] == [("2007", "test")] else "voc"
-        return DetectionDataset(records, VOC_CLASSES, family="voc", default_metric=metric, **kwargs)
+        ds = DetectionDataset(records, VOC_CLASSES, family="voc", default_metric=metric, **kwargs)
+        ds.num_skipped += skipped
+        return ds
     if name in COCO_SETS:
         folder, ann = COCO_SETS[name]
         coco_root = data_root / "coco"
-        records, class_names, contiguous, coco = load_coco_records(coco_root / "annotations" / ann,
-                                                                   coco_root / folder)
-        ds = DetectionDataset(records, class_names, family="coco", default_metric="coco", **kwargs)
-        ds.coco = coco
-        ds.contiguous_to_category_id = contiguous
-        return ds
+        return build_coco_dataset(coco_root / "annotations" / ann, coco_root / folder, **kwargs)
     if name in SYNTHETIC_SETS:
         split = name.split("-", 1)[1]
         tree = generate_synthetic(data_root)
-        records = load_voc_records([(tree, split)], SYNTHETIC_CLASSES, skip_bad=skip_bad)
+        records, skipped = load_voc_records([(tree, split)], SYNTHETIC_CLASSES, skip_bad=skip_bad)
         ds = DetectionDataset(records, SYNTHETIC_CLASSES, family="synthetic", default_metric="voc", **kwargs)
+        ds.num_skipped += skipped
         # The same images as a COCO-format set, so the COCO metric works on the synthetic data too.
         from .coco import load_coco
 
@@ -104,6 +102,24 @@ def build_dataset(
         ds.contiguous_to_category_id = {i: i + 1 for i in range(len(SYNTHETIC_CLASSES))}
         return ds
     raise DataError(f"unknown dataset name {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+
+
+def build_coco_dataset(
+    ann_file: str | Path,
+    image_dir: str | Path,
+    *,
+    name: str | None = None,
+    train: bool,
+    **kwargs: Any,
+) -> DetectionDataset:
+    """A COCO-format dataset from any instances JSON + image folder (the named COCO sets use this; so can a
+    custom subset). ``kwargs``: the transform / filtering options of :func:`build_dataset`."""
+    records, class_names, contiguous, coco = load_coco_records(Path(ann_file), Path(image_dir))
+    ds = DetectionDataset(records, class_names, family="coco", default_metric="coco", name=name or str(ann_file),
+                          train=train, **kwargs)
+    ds.coco = coco
+    ds.contiguous_to_category_id = contiguous
+    return ds
 
 
 def coco_image_id(dataset: DetectionDataset, index: int) -> int:

@@ -43,8 +43,8 @@ class TrainBatchSampler:
         self.start_iter = start_iter
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """All global batches of one epoch, in order (a partial trailing batch per group is dropped, its images
-        come first in the next epoch's permutation instead... simply: each epoch is a fresh permutation)."""
+        """All global batches of one epoch, in order: a fresh seeded permutation split into same-orientation
+        batches; each group's partial trailing batch is dropped (those images come back in later epochs)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         perm = torch.randperm(self.n, generator=g)
         if self.groups is None:

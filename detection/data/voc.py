@@ -73,8 +73,9 @@ def load_voc_records(
     class_names: Sequence[str] = VOC_CLASSES,
     *,
     skip_bad: bool = False,
-) -> list[Record]:
-    """Parse every listed image once (VOC is small enough to hold in memory: ~16k images for 07+12)."""
+) -> tuple[list[Record], int]:
+    """``(records, number of skipped bad annotations)``; every listed image is parsed once, here (VOC is small
+    enough to hold in memory: ~16.5k images for 07+12). ``skip_bad``: warn and skip a bad XML instead of raising."""
     class_to_index = {c: i for i, c in enumerate(class_names)}
     records: list[Record] = []
     skipped = 0
@@ -93,4 +94,4 @@ def load_voc_records(
                                   difficult))
     if skipped:
         logger.warning("skipped %d bad VOC annotations", skipped)
-    return records
+    return records, skipped
