@@ -1,0 +1,180 @@
+"""FasterRCNN end to end: the forward contract, degenerate inputs, gradients, building from config, learning."""
+
+import copy
+
+import pytest
+import torch
+
+from detection import FasterRCNN, build_faster_rcnn
+from detection.config import ModelConfig
+from resbackbone.pixels import TORCHVISION_PIXELS
+
+LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg"}
+
+
+def tiny_config(arch: str = "C4", *, freeze_at: int = 0, name: str = "resnet18") -> ModelConfig:
+    """A CPU-sized detector: 64-128 px images, small anchors, 7x7 pooling, few RoIs."""
+    cfg = ModelConfig(arch=arch, num_classes=3)
+    cfg.backbone.name = name
+    cfg.backbone.freeze_at = freeze_at
+    cfg.anchors.sizes = (16.0, 32.0, 64.0)
+    cfg.rpn.post_nms_topk_train = 64
+    cfg.rpn.pre_nms_topk_test = 200
+    cfg.rpn.post_nms_topk_test = 16
+    cfg.roi_heads.pooler_resolution = 7
+    cfg.roi_heads.batch_size_per_image = 16
+    cfg.roi_heads.fc_dim = 64
+    return cfg
+
+
+def _images(n: int = 2, size: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, size, size - 8 * i), dtype=torch.uint8, generator=g) for i in range(n)]
+
+
+def _target(boxes: list[list[float]], labels: list[int]) -> dict[str, torch.Tensor]:
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels).long()}
+
+
+@pytest.fixture(scope="module")
+def c4_model() -> FasterRCNN:
+    torch.manual_seed(0)
+    return build_faster_rcnn(tiny_config(), class_names=["circle", "square", "triangle"])
+
+
+def test_build_attributes(c4_model: FasterRCNN) -> None:
+    assert c4_model.num_classes == 3
+    assert c4_model.class_names == ("circle", "square", "triangle")
+    assert c4_model.pixel_spec == TORCHVISION_PIXELS
+    assert build_faster_rcnn(tiny_config()).class_names == ("class0", "class1", "class2")
+    with pytest.raises(ValueError, match="2 class names"):
+        build_faster_rcnn(tiny_config(), class_names=["a", "b"])
+    with pytest.raises(ValueError, match="resnet7"):
+        cfg = tiny_config(name="resnet7")
+        build_faster_rcnn(cfg)
+    # From scratch: trainable BN everywhere (FrozenBN only with pretrained weights).
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in c4_model.roi_heads.box_head.modules())
+
+
+def test_training_losses_gradients_and_inputs_untouched(c4_model: FasterRCNN) -> None:
+    model = copy.deepcopy(c4_model).train()
+    images = _images()
+    targets = [_target([[4, 6, 30, 40], [20, 20, 60, 50]], [0, 2]), _target([[10, 10, 40, 30]], [1])]
+    images_before = [im.clone() for im in images]
+    targets_before = copy.deepcopy(targets)
+    out = model(images, targets)
+    assert LOSS_KEYS <= set(out)
+    stats = set(out) - LOSS_KEYS
+    assert stats and not any(k.startswith("loss_") for k in stats)
+    for k in LOSS_KEYS:
+        assert out[k].dim() == 0 and torch.isfinite(out[k]) and out[k].requires_grad, k
+    assert all(not out[k].requires_grad for k in stats)
+    sum(out[k] for k in LOSS_KEYS).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert no_grad == []
+    for a, b in zip(images, images_before):
+        assert torch.equal(a, b)
+    for a, b in zip(targets, targets_before):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_parameters_get_no_gradient() -> None:
+    torch.manual_seed(0)
+    model = build_faster_rcnn(tiny_config(freeze_at=2)).train()
+    body = model.trunk.body
+    frozen = [p for m in (body.stem, body.res2) for p in m.parameters()]
+    assert frozen and all(not p.requires_grad for p in frozen)
+    out = model(_images(1), [_target([[4, 6, 30, 40]], [1])])
+    sum(out[k] for k in LOSS_KEYS).backward()
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in body.res4.parameters())
+
+
+def test_empty_and_half_empty_targets(c4_model: FasterRCNN) -> None:
+    model = copy.deepcopy(c4_model).train()
+    empty = _target([], [])
+    out = model(_images(), [empty, empty])
+    assert all(torch.isfinite(out[k]) for k in LOSS_KEYS)
+    assert out["loss_rpn_box"].item() == 0 and out["loss_box_reg"].item() == 0
+    assert out["loss_rpn_cls"].item() > 0 and out["loss_cls"].item() > 0
+    sum(out[k] for k in LOSS_KEYS).backward()
+    out = model(_images(), [empty, _target([[2, 2, 5, 6]], [2])])  # second image: one tiny box
+    assert all(torch.isfinite(out[k]) for k in LOSS_KEYS)
+    assert out["loss_box_reg"].item() > 0 and out["rpn_num_pos"].item() > 0
+
+
+def test_bad_targets_raise(c4_model: FasterRCNN) -> None:
+    model = copy.deepcopy(c4_model).train()
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        model(_images(1), [_target([[1, 1, 9, 9]], [3])])
+    with pytest.raises(ValueError, match="needs targets"):
+        model(_images(1))
+    with pytest.raises(ValueError, match=r"must be \(3, H, W\)"):
+        model([torch.zeros(64, 64)], [_target([], [])])
+
+
+def test_inference_format_and_rescaling(c4_model: FasterRCNN) -> None:
+    model = copy.deepcopy(c4_model).eval()
+    model.roi_heads.score_thresh = 0.0  # an untrained model: keep low-score boxes so there is something to check
+    images = _images()
+    with torch.no_grad():
+        dets = model(images)
+        scaled = model(images, orig_sizes=[(128, 128), (100, 50)])
+    assert len(dets) == 2
+    for det, im in zip(dets, images):
+        assert det["boxes"].shape[1] == 4 and det["boxes"].dtype == torch.float32
+        assert det["labels"].dtype == torch.int64 and det["scores"].shape == det["labels"].shape
+        assert det["boxes"].shape[0] > 0 and det["boxes"].shape[0] <= model.roi_heads.detections_per_image
+        assert ((det["labels"] >= 0) & (det["labels"] < 3)).all()
+        assert (det["boxes"][:, 2] <= im.shape[2] + 1e-4).all() and (det["boxes"][:, 3] <= im.shape[1] + 1e-4).all()
+        assert (det["scores"][:-1] >= det["scores"][1:]).all()
+    torch.testing.assert_close(scaled[0]["boxes"], dets[0]["boxes"] * 2)
+    sx, sy = 50 / images[1].shape[2], 100 / images[1].shape[1]
+    expect = dets[1]["boxes"] * torch.tensor([sx, sy, sx, sy])
+    expect = torch.minimum(expect, torch.tensor([50.0, 100.0, 50.0, 100.0]))
+    torch.testing.assert_close(scaled[1]["boxes"], expect)
+
+
+def test_zero_proposals_give_empty_detections(c4_model: FasterRCNN) -> None:
+    model = copy.deepcopy(c4_model).eval()
+    model.rpn.min_box_size = 1e6  # every proposal is "too small"
+    with torch.no_grad():
+        dets = model(_images())
+    for det in dets:
+        assert det["boxes"].shape == (0, 4) and det["scores"].shape == (0,) and det["labels"].shape == (0,)
+        assert det["labels"].dtype == torch.int64
+
+
+def test_batch_equals_single_image_inference(c4_model: FasterRCNN) -> None:
+    """Padding to the batch size and batching RoIs does not change an image's detections."""
+    model = copy.deepcopy(c4_model).eval()
+    model.roi_heads.score_thresh = 0.0
+    images = _images(2, size=64)
+    with torch.no_grad():
+        both = model(images)
+        alone = model(images[:1])
+    torch.testing.assert_close(both[0]["boxes"], alone[0]["boxes"], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(both[0]["scores"], alone[0]["scores"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["DC5"])
+def test_dc5_trains_and_infers(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_faster_rcnn(tiny_config(arch))
+    assert model.trunk.out_channels == 512 and model.roi_heads.box_head.out_channels == 64
+    out = model.train()(_images(1), [_target([[4, 6, 30, 40]], [1])])
+    sum(out[k] for k in LOSS_KEYS).backward()
+    dets = model.eval()(_images(1))
+    assert dets[0]["boxes"].shape[1] == 4
+
+
+def test_timm_backbone() -> None:
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = build_faster_rcnn(tiny_config(name="timm:resnet10t"))
+    assert model.trunk.out_channels == 256
+    out = model.train()(_images(1), [_target([[4, 6, 30, 40]], [1])])
+    sum(out[k] for k in LOSS_KEYS).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    dets = model.eval()(_images(1))
+    assert dets[0]["boxes"].shape[1] == 4
