@@ -74,20 +74,23 @@ class DetectionTransform:
             raise ValueError(f"min_size {min_size} / max_size {max_size} must be positive")
         self.max_size = max_size
         self.train = train
-        ops: list[A.BasicTransform] = []
-        if flip_prob > 0:
-            ops.append(A.HorizontalFlip(p=flip_prob))
-        if photometric:
-            ops.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8))
-        self.aug = (
+        # Evaluation is a deterministic resize only, whatever flip / jitter options came along.
+        self.geometric = (
             A.Compose(
-                ops,
+                [A.HorizontalFlip(p=flip_prob)],
                 bbox_params=A.BboxParams(
+                    # Degenerate boxes are already gone (counted in __call__) and a flip keeps box sizes; a second
+                    # size filter here would drop exact 1-px boxes on float round-off of its [0, 1] coordinates.
                     format="pascal_voc", label_fields=["labels", "difficult"], clip=True,
-                    min_width=MIN_BOX_SIDE, min_height=MIN_BOX_SIDE,
                 ),
             )
-            if ops
+            if train and flip_prob > 0
+            else None
+        )
+        # Pixel-only, so it runs without box processing.
+        self.photometric = (
+            A.Compose([A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.8)])
+            if train and photometric
             else None
         )
 
@@ -100,6 +103,8 @@ class DetectionTransform:
         min_size = rng.choice(self.min_sizes) if self.train else self.min_sizes[0]
         scale = resize_scale(h, w, min_size, self.max_size)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        # One resize to the final size (albumentations' SmallestMaxSize + LongestMaxSize would interpolate twice
+        # when the long-side cap applies); boxes are scaled by the same per-axis factors.
         if (nh, nw) != (h, w):
             image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         boxes = boxes.astype(np.float32).reshape(-1, 4) * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
@@ -109,11 +114,14 @@ class DetectionTransform:
         ok = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
         dropped = int((~ok).sum())
         boxes, labels, difficult = boxes[ok], labels[ok], difficult[ok]
-        if self.aug is not None:
-            self.aug.set_random_seed(rng.randrange(2**31) if seed is not None else None)
-            out = self.aug(image=image, bboxes=boxes, labels=labels, difficult=difficult)
+        if self.geometric is not None:
+            self.geometric.set_random_seed(rng.randrange(2**31) if seed is not None else None)
+            out = self.geometric(image=image, bboxes=boxes, labels=labels, difficult=difficult)
             image = out["image"]
             boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.int64)
             difficult = np.asarray(out["difficult"], dtype=bool)
+        if self.photometric is not None:
+            self.photometric.set_random_seed(rng.randrange(2**31) if seed is not None else None)
+            image = self.photometric(image=image)["image"]
         return TransformOutput(image, boxes, labels.astype(np.int64), difficult.astype(bool), dropped)
