@@ -250,10 +250,14 @@ def test_corrupt_image_in_a_worker_names_the_file(synth_root: Path) -> None:
         # The worker's exception reaches the main process as the same type, its message naming the file.
         with pytest.raises(DataError, match=rf"JPEGImages/{bad.stem}\.jpg"):
             list(build_test_loader(ds, batch_size=2, num_workers=1))
+        # skip_bad at evaluation: every image keeps its one item; the bad one is black, flagged and counted.
         skipping = build_dataset("synthetic-test", synth_root, train=False, min_size=128, max_size=128,
                                  skip_bad=True)
-        got = [t["image_id"] for _, targets in build_test_loader(skipping, batch_size=4, num_workers=0)
-               for t in targets]
-        assert len(got) == len(ds) and bad.stem not in got and skipping.num_skipped == 1
+        items = [(im, t) for images, targets in build_test_loader(skipping, batch_size=4, num_workers=0)
+                 for im, t in zip(images, targets)]
+        assert [t["image_id"] for _, t in items] == ds.image_ids and skipping.num_skipped == 1
+        flagged = [(im, t) for im, t in items if t["skipped"]]
+        assert len(flagged) == 1 and flagged[0][1]["image_id"] == bad.stem and flagged[0][0].max() == 0
+        assert len(flagged[0][1]["boxes"]) == len(ds.get_ground_truth(5)["boxes"])
     finally:
         bad.write_bytes(original)

@@ -184,9 +184,14 @@ def test_corrupt_image_names_the_file_or_is_skipped(voc_root: Path) -> None:
     ds = build_dataset("voc07-test", voc_root, train=False)
     with pytest.raises(DataError, match=r"JPEGImages/000001\.jpg"):
         ds[0]
-    skipping = build_dataset("voc07-test", voc_root, train=False, skip_bad=True)
-    image, target = skipping[0]  # replaced by a good item, and counted
-    assert target["image_id"] == "000002" and skipping.num_skipped == 1
+    skipping = build_dataset("voc07-trainval", voc_root, train=True, skip_bad=True, use_difficult=True)
+    (voc_root / "VOCdevkit/VOC2007/JPEGImages/000005.jpg").write_bytes(b"")
+    _, target = skipping[0]  # training: replaced by a seeded substitute, and counted
+    assert target["image_id"] in ("000007", "000009") and skipping.num_skipped == 1
+    evaluation = build_dataset("voc07-test", voc_root, train=False, skip_bad=True)
+    image, target = evaluation[0]  # evaluation: the same image id, a black image, flagged
+    assert target["image_id"] == "000001" and target["skipped"] and image.max() == 0
+    assert evaluation.num_skipped == 1 and not evaluation[1][1]["skipped"]
 
 
 def test_data_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

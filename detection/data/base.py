@@ -3,7 +3,8 @@
 A record is one image: its file, id, original size and ground truth in OUR convention (XYXY continuous pixels,
 labels in [0, K), a difficult flag). Items are ``(image uint8 (3, H, W) RGB resized, target)`` with target
 ``{"boxes" float32 (N, 4) resized pixels, "labels" int64 (N,), "difficult" bool (N,), "image_id", "orig_size"
-(H0, W0), "size" (H, W), "index" i, "num_dropped" boxes removed as degenerate}``.
+(H0, W0), "size" (H, W), "index" i, "num_dropped" boxes removed as degenerate, "skipped" True for an unreadable
+image replaced by a black one (evaluation under ``skip_bad``)}``.
 """
 
 from __future__ import annotations
@@ -119,14 +120,19 @@ class DetectionDataset(Dataset):
         except DataError as e:
             if not self.skip_bad:
                 raise
-            self.num_skipped += 1
+            self.num_skipped += 1  # per process: each DataLoader worker counts (and warns about) its own
             logger.warning("skipping bad item %d (%s); %d skipped so far", index, e, self.num_skipped)
-            fallback = random.Random(index if seed is None else seed).randrange(len(self))
-            return self._load(fallback, seed)
+            if self.train:
+                # Training only needs *an* image: a seeded substitute keeps the batch full and reproducible.
+                fallback = random.Random(index if seed is None else seed).randrange(len(self))
+                return self._load(fallback, seed)
+            # Evaluation must keep a one-to-one item <-> image mapping (a substitute would score another image
+            # twice): a black image of the annotated size, flagged, so its ground truth counts as missed.
+            return self._load(index, seed, blank=True)
 
-    def _load(self, index: int, seed: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _load(self, index: int, seed: int | None, blank: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
         r = self.records[index]
-        image = decode_image(r.file)
+        image = np.zeros((r.height, r.width, 3), np.uint8) if blank else decode_image(r.file)
         if image.shape[0] != r.height or image.shape[1] != r.width:
             # Annotation sizes are occasionally wrong in the wild; trust the pixels and rescale the boxes.
             sy, sx = image.shape[0] / r.height, image.shape[1] / r.width
@@ -147,5 +153,6 @@ class DetectionDataset(Dataset):
             "size": (int(out.image.shape[0]), int(out.image.shape[1])),
             "index": index,
             "num_dropped": out.num_dropped,
+            "skipped": blank,
         }
         return img, target
