@@ -5,6 +5,8 @@ labels in [0, K), a difficult flag). Items are ``(image uint8 (3, H, W) RGB resi
 ``{"boxes" float32 (N, 4) resized pixels, "labels" int64 (N,), "difficult" bool (N,), "image_id", "orig_size"
 (H0, W0), "size" (H, W), "index" i, "num_dropped" boxes removed as degenerate, "skipped" True for an unreadable
 image replaced by a black one (evaluation under ``skip_bad``)}``.
+
+Shape shorthand: H0, W0 = original image (annotation pixels); H, W = resized image; N = boxes of one image.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Decoding uses OpenCV; geometric and photometric augmentation uses albumentations with bounding-box support, so
 boxes follow the pixels exactly. Boxes are XYXY in continuous pixels (albumentations' "pascal_voc" format is the
 same thing: absolute x_min, y_min, x_max, y_max).
+
+Shape shorthand: H0, W0 = decoded image; H, W = after the resize; N = boxes in, M <= N = boxes out.
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
 @dataclass
 class TransformOutput:
     image: np.ndarray  # (H, W, 3) uint8 RGB
-    boxes: np.ndarray  # (N, 4) float32
-    labels: np.ndarray  # (N,) int64
-    difficult: np.ndarray  # (N,) bool
-    num_dropped: int
+    boxes: np.ndarray  # (M, 4) float32 XYXY in resized pixels
+    labels: np.ndarray  # (M,) int64
+    difficult: np.ndarray  # (M,) bool
+    num_dropped: int  # N - M: boxes removed as degenerate after resize + clipping
 
 
 class DetectionTransform:
@@ -98,6 +100,8 @@ class DetectionTransform:
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray,
         *, seed: int | None = None,
     ) -> TransformOutput:
+        """``image`` (H0, W0, 3) uint8 RGB, ``boxes`` (N, 4) XYXY original pixels, ``labels`` (N,), ``difficult``
+        (N,) -> resized / augmented image (H, W, 3) and the surviving M boxes."""
         rng = random.Random(seed)
         h, w = image.shape[:2]
         min_size = rng.choice(self.min_sizes) if self.train else self.min_sizes[0]
