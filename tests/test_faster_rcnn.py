@@ -178,3 +178,76 @@ def test_timm_backbone() -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     dets = model.eval()(_images(1))
     assert dets[0]["boxes"].shape[1] == 4
+
+
+def draw_shapes(n: int, size: int = 128, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """``n`` noise images with 1-3 non-overlapping filled shapes each: 0 red rectangle, 1 green ellipse,
+    2 blue triangle (apex up); boxes are the shapes' exact pixel extents (XYXY, no +1)."""
+    g = torch.Generator().manual_seed(seed)
+    colours = torch.tensor([[230.0, 40.0, 40.0], [40.0, 200.0, 60.0], [60.0, 80.0, 240.0]])
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images, targets = [], []
+    for _ in range(n):
+        img = torch.rand(3, size, size, generator=g) * 90 + 60
+        boxes: list[torch.Tensor] = []
+        labels: list[int] = []
+        for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+            for _attempt in range(20):  # rejection-sample a place that overlaps nothing drawn yet
+                w, h = torch.randint(24, 56, (2,), generator=g).tolist()
+                x1 = int(torch.randint(0, size - w, (1,), generator=g))
+                y1 = int(torch.randint(0, size - h, (1,), generator=g))
+                box = torch.tensor([x1, y1, x1 + w, y1 + h], dtype=torch.float32)
+                overlap = [(torch.minimum(box[2:], o[2:]) - torch.maximum(box[:2], o[:2])).clamp(min=0) for o in boxes]
+                if not any(o.prod() > 0 for o in overlap):
+                    break
+            c = int(torch.randint(0, 3, (1,), generator=g))
+            if c == 0:
+                mask = (xx >= x1) & (xx < x1 + w) & (yy >= y1) & (yy < y1 + h)
+            elif c == 1:
+                mask = ((xx + 0.5 - x1 - w / 2) / (w / 2)) ** 2 + ((yy + 0.5 - y1 - h / 2) / (h / 2)) ** 2 <= 1
+            else:
+                mask = (yy >= y1) & (yy < y1 + h) & ((xx + 0.5 - x1 - w / 2).abs() <= (yy + 1 - y1) * w / (2 * h))
+            img[:, mask] = colours[c][:, None]
+            boxes.append(box)
+            labels.append(c)
+        images.append(img.round().to(torch.uint8))
+        targets.append({"boxes": torch.stack(boxes), "labels": torch.tensor(labels)})
+    return images, targets
+
+
+def test_overfits_synthetic_shapes_to_high_map() -> None:
+    """End to end: a from-scratch ResNet-18 C4 detector learns 4 images of 3 shape classes to VOC mAP@0.5 >= 0.9.
+
+    Evaluated every 10 steps, stopping at the first pass; 80 steps (320 image-iterations) is the bound. In
+    development it passed at 40 steps (about 15-20 s on 2 idle cores at ~0.4 s/step)."""
+    from detection.evaluation.voc import evaluate_detections
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    cfg.rpn.pre_nms_topk_test = 300
+    cfg.rpn.post_nms_topk_test = 50
+    cfg.rpn.post_nms_topk_train = 100
+    cfg.roi_heads.batch_size_per_image = 32
+    model = build_faster_rcnn(cfg, class_names=["rectangle", "ellipse", "triangle"])
+    images, targets = draw_shapes(4)
+    gt = [{**t, "difficult": torch.zeros(len(t["labels"]), dtype=torch.bool)} for t in targets]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    best = 0.0
+    for step in range(1, 81):
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = 0.02 * min(1.0, step / 10)  # linear warm-up: from-scratch BN nets diverge without it
+        losses = model(images, targets)
+        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 0:
+            model.eval()
+            with torch.no_grad():
+                dets = model(images)
+            best = evaluate_detections(gt, dets, model.class_names)["mAP"]
+            if best >= 0.9:
+                break
+    assert best >= 0.9, f"mAP@0.5 {best:.3f} after {step} steps"
