@@ -35,6 +35,14 @@ def build_train_loader(
     aspect_grouping: bool = True,
     start_iter: int = 0,
 ) -> DataLoader:
+    """An infinite loader of ``(images list of (3, H, W) uint8, targets list of dict)`` batches for one process.
+
+    Batches follow :class:`TrainBatchSampler` (iteration k is a pure function of ``(seed, k)``; ``start_iter``
+    resumes without loading earlier data). ``dataset`` needs ``aspect_ratios()``. Workers persist across epochs
+    and seed numpy / random from torch's per-worker seed, so library code using the global RNGs is reproducible
+    once torch's seed is fixed. An error raised in a worker re-raises in the main process with the same type and
+    its message (which names the file).
+    """
     sampler = TrainBatchSampler(
         dataset.aspect_ratios(), batch_size, seed=seed, num_replicas=num_replicas, rank=rank,
         aspect_grouping=aspect_grouping, start_iter=start_iter,
@@ -48,6 +56,8 @@ def build_train_loader(
 def build_test_loader(
     dataset: Dataset, *, batch_size: int, num_workers: int, num_replicas: int = 1, rank: int = 0
 ) -> DataLoader:
+    """A finite, ordered loader over this process's contiguous shard of ``dataset`` (every index exactly once
+    across ``num_replicas`` processes); no augmentation beyond what the dataset does in evaluation mode."""
     sampler = InferenceSampler(len(dataset), num_replicas, rank)  # type: ignore[arg-type]
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers,
