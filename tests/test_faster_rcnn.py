@@ -219,7 +219,7 @@ def test_overfits_synthetic_shapes_to_high_map() -> None:
     """End to end: a from-scratch ResNet-18 C4 detector learns 4 images of 3 shape classes to VOC mAP@0.5 >= 0.9.
 
     Evaluated every 10 steps, stopping at the first pass; 80 steps (320 image-iterations) is the bound. In
-    development it passed at 40 steps (about 15-20 s on 2 idle cores at ~0.4 s/step)."""
+    development it passed at 40 steps."""
     from detection.evaluation.voc import evaluate_detections
 
     torch.manual_seed(0)
