@@ -178,7 +178,7 @@ def _load_resnet_weights(
     unexpected = [k for k in result.unexpected_keys]
     if unexpected:
         raise ValueError(f"pretrained weights {weights!r} have keys the detector does not: {unexpected[:5]}")
-    logger.info("loaded backbone weights %s (%s)", weights, info.location)
+    logger.info("loaded backbone weights %s (%d tensors)", weights, len(mapped))
     return info.pixel_spec
 
 

@@ -251,3 +251,45 @@ def test_overfits_synthetic_shapes_to_high_map() -> None:
             if best >= 0.9:
                 break
     assert best >= 0.9, f"mAP@0.5 {best:.3f} after {step} steps"
+
+
+def test_pretrained_weights_load_into_trunk_and_res5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights path: stem..res4 into the trunk, res5.* into the C4 head, FrozenBN, the weights' pixel spec.
+
+    ``resbackbone.weights`` is replaced by a stand-in serving a ResNet-18 state dict in our key names."""
+    import sys
+    import types
+
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from resbackbone.pixels import PixelSpec
+    from resbackbone.resnet import ResNet
+
+    torch.manual_seed(1)
+    source = ResNet(18).state_dict()
+    spec = PixelSpec(mean=(103.5, 116.3, 123.7), std=(1.0, 1.0, 1.0), channel_order="BGR")
+    calls: list[tuple[str, int]] = []
+
+    def pretrained_state_dict(weights: str, depth: int) -> tuple[dict, types.SimpleNamespace]:
+        calls.append((weights, depth))
+        return dict(source), types.SimpleNamespace(pixel_spec=spec, stride_in_1x1=False)
+
+    fake = types.ModuleType("resbackbone.weights")
+    fake.pretrained_state_dict = pretrained_state_dict  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "resbackbone.weights", fake)
+    cfg = tiny_config(freeze_at=2)
+    cfg.backbone.weights = "some-weights.pth"
+    model = build_faster_rcnn(cfg)
+    assert calls and calls[0] == ("some-weights.pth", 18)
+    assert model.pixel_spec == spec
+    state = model.state_dict()
+    for key in ("stem.conv1.weight", "res2.0.conv1.weight", "res4.1.conv2.weight", "res4.0.bn1.running_var"):
+        assert torch.equal(state["trunk.body." + key], source[key]), key
+    assert torch.equal(state["roi_heads.box_head.res5.0.conv1.weight"], source["res5.0.conv1.weight"])
+    # norm "auto" with weights -> FrozenBN everywhere in the trunk and the res5 head.
+    norms = [m for m in model.modules() if isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d))]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)
+    # Weights lacking backbone keys are an error that names them.
+    del source["res4.0.conv1.weight"]
+    with pytest.raises(ValueError, match=r"res4\.0\.conv1\.weight"):
+        build_faster_rcnn(cfg)
