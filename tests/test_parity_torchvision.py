@@ -4,7 +4,9 @@ Where we intentionally differ, the test maps one onto the other:
   * labels: ours foreground [0, K) and background K; torchvision 0 = background, foreground 1..K;
   * box regression: both class-specific; torchvision also predicts (unused) background deltas -> zero rows;
   * RPN loss normalization: ours / (N * batch_size_per_image) (Detectron), torchvision / (number sampled);
-  * RoI pooling: torchvision's MultiScaleRoIAlign is RoIAlign with aligned=False, so ours uses aligned=False here.
+  * RoI pooling: torchvision's MultiScaleRoIAlign is RoIAlign with aligned=False, so ours uses aligned=False here;
+    our default is aligned=True (Detectron2's: sample at pixel centres, no half-pixel shift of every RoI);
+  * losses: torchvision's smooth-L1 beta is fixed at 1/9; ours is configurable (default 0 = L1, Detectron2 C4).
 """
 
 import torch

@@ -95,3 +95,15 @@ def test_zero_rois_in_training_and_inference() -> None:
 def test_fc_box_head_shapes() -> None:
     head = FCBoxHead(512, 7, fc_dim=64)
     assert head(torch.randn(5, 512, 7, 7)).shape == (5, 64)
+
+
+def test_roi_pool_is_selectable() -> None:
+    """The paper's RoIPool (quantized max pooling) in place of RoIAlign: same shapes, different values."""
+    feats = torch.randn(1, 256, 8, 8, generator=torch.Generator().manual_seed(0))
+    boxes = [torch.tensor([[3.0, 5.0, 70.0, 90.0], [20.0, 20.0, 40.0, 44.0]])]
+    pooled_max = _heads(pooler_type="roi_pool").pool(feats, boxes)
+    pooled_align = _heads().pool(feats, boxes)
+    assert pooled_max.shape == pooled_align.shape == (2, 256, 7, 7)
+    assert not torch.allclose(pooled_max, pooled_align)
+    # Max pooling over bins: every RoIPool value is an actual feature value of that image.
+    assert torch.isin(pooled_max, feats).all()
