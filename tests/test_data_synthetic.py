@@ -124,6 +124,18 @@ def test_stale_tree_is_regenerated(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]  # no temp dirs left behind
 
 
+def test_by_name_uses_a_current_custom_tree_and_regenerates_an_old_one(tmp_path: Path) -> None:
+    tree = generate_synthetic(tmp_path, seed=2, **SMALL)
+    first = _tree_bytes(tree)
+    ds = build_dataset("synthetic-train", tmp_path, train=False)
+    assert len(ds) == 6 and _tree_bytes(tree) == first  # a smaller current tree is not overwritten
+    marker = json.loads((tree / MARKER).read_text())
+    (tree / MARKER).write_text(json.dumps({**marker, "version": GENERATOR_VERSION - 1}))
+    (tree / "JPEGImages" / "000000.jpg").write_bytes(b"old drawing")
+    assert len(build_dataset("synthetic-test", tmp_path, train=False)) == 3  # regenerated, same parameters
+    assert _tree_bytes(tree) == first
+
+
 def _generate(root: str) -> str:
     return str(generate_synthetic(Path(root), seed=5, **SMALL))
 

@@ -6,6 +6,7 @@ for every layout). Official layouts are used unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from .base import DataError, DetectionDataset
 from .coco import load_coco_records
-from .synthetic import SYNTHETIC_CLASSES, generate_synthetic
+from .synthetic import GENERATOR_VERSION, MARKER, SYNTHETIC_CLASSES, generate_synthetic
 from .voc import VOC_CLASSES, load_voc_records
 
 ENV_DATA_ROOT = "RESDET_DATA_ROOT"
@@ -51,6 +52,23 @@ def get_data_root(root: str | Path | None = None) -> Path:
         return Path(root).expanduser()
     env = os.environ.get(ENV_DATA_ROOT)
     return Path(env).expanduser() if env else REPO_DATASETS
+
+
+def ensure_synthetic(root: Path) -> Path:
+    """The synthetic tree under ``root``, generated when missing or written by an older generator version.
+
+    A current tree made with non-default parameters (e.g. a smaller one for tests, via :func:`generate_synthetic`)
+    is used as it is, and an outdated one is regenerated with its own parameters: only the drawing code changed.
+    """
+    params: dict[str, Any] = {}
+    try:
+        marker = json.loads((root / "synthetic" / MARKER).read_text())
+        params = {k: int(marker[k]) for k in ("num_train", "num_test", "image_size", "seed")}
+        if marker.get("version") == GENERATOR_VERSION:
+            return root / "synthetic"
+    except (OSError, ValueError, KeyError, TypeError):
+        params = {}  # missing or unreadable marker: the default tree
+    return generate_synthetic(root, **params)
 
 
 def build_dataset(
@@ -91,7 +109,7 @@ def build_dataset(
         return build_coco_dataset(coco_root / "annotations" / ann, coco_root / folder, **kwargs)
     if name in SYNTHETIC_SETS:
         split = name.split("-", 1)[1]
-        tree = generate_synthetic(data_root)
+        tree = ensure_synthetic(data_root)
         records, skipped = load_voc_records([(tree, split)], SYNTHETIC_CLASSES, skip_bad=skip_bad)
         ds = DetectionDataset(records, SYNTHETIC_CLASSES, family="synthetic", default_metric="voc", **kwargs)
         ds.num_skipped += skipped
