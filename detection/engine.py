@@ -262,7 +262,8 @@ class Trainer:
 
         self.cfg = resolve_backbone_flags(cfg)
         self.accelerator = Accelerator(
-            cpu=cpu,
+            # Without a GPU, accelerate only forms a multi-process (gloo) group when told it runs on CPU.
+            cpu=cpu or not torch.cuda.is_available(),
             mixed_precision=cfg.solver.mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
