@@ -1,0 +1,252 @@
+"""The test-time improvements of He et al. 2016, Appendix B, each switchable, on top of a trained FasterRCNN.
+
+* Box refinement: the first pass's regressed boxes (for each RoI, the box of its best-scoring foreground class)
+  are pooled again through the RoI head, giving new scores and new regressed boxes; the new predictions are
+  united with the first-pass ones before NMS.
+* Box voting (Gidaris & Komodakis 2015, used by the paper after the NMS of the united set): each box kept by NMS
+  is replaced by the score-weighted mean of all candidate boxes of its class whose IoU with it is >= 0.5
+  (itself included); its score is unchanged.
+* Multi-scale testing: the image at several shorter sides (the paper: {200, 400, 600, 800, 1000}).
+* Horizontal flip: each scale also on the mirrored image, boxes mirrored back.
+
+Everything is merged in original-image pixels before one per-class NMS. Deviation from the paper: for multiple
+scales the paper pools each RoI from two adjacent pyramid levels and merges their features by maxout (from SPP);
+that needs a model trained that way. We merge the detections of all scales instead (Detectron's
+``TEST.BBOX_AUG`` practice), which works with any trained model.
+
+The detector is used through its public sub-modules (``preprocess``, ``trunk``, ``rpn``, ``roi_heads.predict``,
+``roi_heads.box_coder``); nothing in it is modified.
+
+Shape shorthand: N images, R RoIs of one image, K foreground classes, M candidates (R x passes x (1 + refine)),
+D detections kept, H0 x W0 original image, H x W resized image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, box_iou
+
+from .boxes import clip_boxes, nonempty
+from .data.transforms import resize_scale
+from .roi_heads import MIN_DETECTION_SIZE
+
+# The paper's multi-scale pyramid (shorter sides, pixels).
+PAPER_SCALES = (200, 400, 600, 800, 1000)
+# Box voting averages the candidates overlapping a kept box at least this much (Gidaris & Komodakis 2015).
+VOTING_IOU = 0.5
+# Names accepted by parse_tta.
+TTA_NAMES = ("flip", "multiscale", "refine", "voting")
+
+
+@dataclass(frozen=True)
+class TTAOptions:
+    """Which test-time improvements to apply. All off (the default) means the plain single-pass model."""
+
+    # Also run each scale on the horizontally mirrored image.
+    flip: bool = False
+    # Shorter sides to test at; empty: the model's own test size only.
+    scales: tuple[int, ...] = ()
+    # Long-side cap for every scale; None: scale * (max_size / min_size) of the model's test resize.
+    max_size: int | None = None
+    # Re-pool the first pass's regressed boxes and unite the new predictions with the old (Appendix B).
+    refine: bool = False
+    # Replace each kept box by the score-weighted mean of its class's candidates with IoU >= voting_iou.
+    box_voting: bool = False
+    voting_iou: float = VOTING_IOU
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or bool(self.scales) or self.refine or self.box_voting
+
+
+def parse_tta(spec: str | None, *, scales: Sequence[int] = PAPER_SCALES) -> TTAOptions:
+    """``"flip,multiscale,refine"`` -> options. ``refine`` implies box voting (the paper does both together);
+    ``voting`` alone turns on voting only. Empty / None -> all off."""
+    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    unknown = sorted(set(names) - set(TTA_NAMES))
+    if unknown:
+        raise ValueError(f"unknown --tta item(s) {unknown}: choose from {list(TTA_NAMES)}")
+    return TTAOptions(
+        flip="flip" in names,
+        scales=tuple(int(s) for s in scales) if "multiscale" in names else (),
+        refine="refine" in names,
+        box_voting="refine" in names or "voting" in names,
+    )
+
+
+def resize_for_test(image: np.ndarray, min_size: int, max_size: int) -> Tensor:
+    """The detector's test-time resize (paper rule, one bilinear cv2 resize, as the data pipeline does it).
+
+    ``image`` (H0, W0, 3) uint8 RGB -> ``(3, H, W)`` uint8 tensor.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
+    h, w = image.shape[:2]
+    scale = resize_scale(h, w, min_size, max_size)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def _class_boxes(
+    heads: nn.Module, logits: Tensor, deltas: Tensor, rois: list[Tensor], sizes: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per image: class-specific boxes ``(Ri, K, 4)`` clipped to the input image and foreground probabilities
+    ``(Ri, K)`` (the same decode as ``RoIHeads.postprocess``, before thresholds and NMS)."""
+    k = heads.num_classes
+    counts = [r.shape[0] for r in rois]
+    ref = torch.cat(rois) if rois else logits.new_zeros(0, 4)
+    probs = F.softmax(logits.float(), dim=1)[:, :k]  # (R, K+1) -> (R, K)
+    boxes = heads.box_coder.decode(deltas, ref).view(-1, k, 4)  # (R, 4K) -> (R, K, 4)
+    out_boxes, out_probs = [], []
+    for i, (b, p) in enumerate(zip(boxes.split(counts), probs.split(counts))):
+        h, w = sizes[i].tolist()
+        out_boxes.append(clip_boxes(b, float(h), float(w)))
+        out_probs.append(p)
+    return out_boxes, out_probs
+
+
+@torch.no_grad()
+def candidates(model: nn.Module, images: Sequence[Tensor], *, refine: bool) -> tuple[list[Tensor], list[Tensor],
+                                                                                     Tensor]:
+    """One pass of the detector without its final thresholding / NMS.
+
+    Args:
+        model: a FasterRCNN in eval mode.
+        images: N ``(3, Hi, Wi)`` uint8/float RGB 0-255.
+        refine: also re-pool each RoI's regressed box (of its best foreground class) and append those predictions.
+    Returns:
+        per image boxes ``(Mi, K, 4)`` XYXY input pixels and scores ``(Mi, K)``; input sizes ``(N, 2)`` (Hi, Wi).
+    """
+    batch, sizes = model.preprocess(images)
+    features = model.trunk(batch)
+    proposals, _, _ = model.rpn(features, sizes)
+    heads = model.roi_heads
+    logits, deltas = heads.predict(features, proposals)
+    boxes, probs = _class_boxes(heads, logits, deltas, proposals, sizes)
+    if refine:
+        # Appendix B: "we take the predicted boxes ... pool features again from these, obtain new classification
+        # scores and new regressed boxes" - one box per RoI, the one of its most likely foreground class.
+        firsts = [b[torch.arange(b.shape[0], device=b.device), p.argmax(1)] if b.shape[0] else b.new_zeros(0, 4)
+                  for b, p in zip(boxes, probs)]  # (Ri, 4)
+        logits2, deltas2 = heads.predict(features, firsts)
+        boxes2, probs2 = _class_boxes(heads, logits2, deltas2, firsts, sizes)
+        boxes = [torch.cat(pair) for pair in zip(boxes, boxes2)]
+        probs = [torch.cat(pair) for pair in zip(probs, probs2)]
+    return boxes, probs, sizes
+
+
+def box_voting(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
+               iou_thresh: float = VOTING_IOU) -> Tensor:
+    """Score-weighted mean of the same-class candidates overlapping each kept box by IoU >= ``iou_thresh``.
+
+    Args:
+        kept_boxes: ``(D, 4)`` boxes kept by NMS; kept_labels ``(D,)``.
+        boxes, scores, labels: all ``(C, 4)`` / ``(C,)`` / ``(C,)`` candidates that entered NMS (the kept boxes
+            are among them, so every kept box votes for itself and the weights never sum to zero).
+    Returns:
+        ``(D, 4)`` voted boxes.
+    """
+    if kept_boxes.numel() == 0:
+        return kept_boxes
+    iou = box_iou(kept_boxes, boxes)  # (D, C)
+    w = (iou >= iou_thresh) & (kept_labels[:, None] == labels[None, :])
+    w = w.to(scores.dtype) * scores[None, :]  # (D, C)
+    return (w @ boxes) / w.sum(dim=1, keepdim=True)  # (D, C) @ (C, 4) -> (D, 4)
+
+
+def merge_candidates(
+    boxes: Tensor,
+    scores: Tensor,
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_image: int,
+    voting_iou: float | None,
+) -> dict[str, Tensor]:
+    """Threshold, per-class NMS, optional box voting, top detections: ``(M, K, 4)``, ``(M, K)`` -> detections
+    ``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}`` by descending score."""
+    k = scores.shape[1]
+    cls = torch.arange(k, device=scores.device).expand_as(scores)  # (M, K)
+    keep = (scores > score_thresh) & nonempty(boxes, MIN_DETECTION_SIZE)
+    b, s, c = boxes[keep], scores[keep], cls[keep]
+    kept = batched_nms(b, s, c, nms_thresh)[:detections_per_image]  # descending score
+    out_boxes = b[kept]
+    if voting_iou is not None:
+        out_boxes = box_voting(out_boxes, c[kept], b, s, c, voting_iou)
+    return {"boxes": out_boxes, "scores": s[kept], "labels": c[kept]}
+
+
+@torch.no_grad()
+def predict_tta(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    options: TTAOptions,
+    *,
+    min_size: int,
+    max_size: int,
+) -> list[dict[str, Tensor]]:
+    """Detections with the chosen test-time improvements, in original-image pixels.
+
+    Args:
+        model: a FasterRCNN in eval mode (its ``roi_heads`` score threshold, NMS IoU and detections per image are
+            used for the merged set).
+        images: N original images ``(H0, W0, 3)`` uint8 RGB.
+        options: which improvements; all off -> exactly ``model(test-resized images, orig_sizes=...)``.
+        min_size, max_size: the model's test resize (shorter side, long-side cap).
+    Returns:
+        per image ``{"boxes" (D, 4) XYXY original pixels, "scores" (D,), "labels" (D,) in [0, K)}``.
+    """
+    orig_sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+    device = model.device
+    if not options.enabled:
+        return model([resize_for_test(im, min_size, max_size).to(device) for im in images], orig_sizes=orig_sizes)
+    scales = options.scales or (min_size,)
+    per_image_boxes: list[list[Tensor]] = [[] for _ in images]
+    per_image_scores: list[list[Tensor]] = [[] for _ in images]
+    for s in scales:
+        cap = options.max_size if options.max_size is not None else max(1, round(s * max_size / min_size))
+        resized = [resize_for_test(im, s, cap).to(device) for im in images]
+        for flipped in (False, True) if options.flip else (False,):
+            inputs = [im.flip(-1) for im in resized] if flipped else resized
+            boxes, scores, sizes = candidates(model, inputs, refine=options.refine)
+            for i, (b, sc) in enumerate(zip(boxes, scores)):
+                h, w = sizes[i].tolist()
+                if flipped:  # x -> W - x, and x1 / x2 swap
+                    b = torch.stack((w - b[..., 2], b[..., 1], w - b[..., 0], b[..., 3]), dim=-1)
+                h0, w0 = orig_sizes[i]
+                b = b * b.new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+                per_image_boxes[i].append(clip_boxes(b, float(h0), float(w0)))
+                per_image_scores[i].append(sc)
+    heads = model.roi_heads
+    return [
+        merge_candidates(
+            torch.cat(bs), torch.cat(ss),
+            score_thresh=heads.score_thresh,
+            nms_thresh=heads.nms_thresh,
+            detections_per_image=heads.detections_per_image,
+            voting_iou=options.voting_iou if options.box_voting else None,
+        )
+        for bs, ss in zip(per_image_boxes, per_image_scores)
+    ]
+
+
+__all__ = [
+    "PAPER_SCALES",
+    "TTAOptions",
+    "VOTING_IOU",
+    "box_voting",
+    "candidates",
+    "merge_candidates",
+    "parse_tta",
+    "predict_tta",
+    "resize_for_test",
+]
