@@ -159,8 +159,8 @@ def detections_to_json(det: dict[str, Tensor], class_names: Sequence[str]) -> li
 class ExportableDetector(nn.Module):
     """One fixed-size image ``(1, 3, H, W)`` float RGB 0-255 -> ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)``.
 
-    The same computation as ``FasterRCNN.forward`` in eval mode for one image whose size is a multiple of the
-    model's size divisibility (no padding), with boxes in the input image's pixels, but written without
+    The same computation as ``FasterRCNN.forward`` in eval mode for one image (boxes in the input image's pixels,
+    padding to the size divisibility included), but written without
     Python-side splits so that the data-dependent counts (proposals after NMS, detections) stay dynamic in a
     traced / exported graph. C4 and DC5 models (any ``roi_heads.box_head``) are supported.
     """
@@ -173,6 +173,9 @@ class ExportableDetector(nn.Module):
         m = self.model
         _, _, h, w = image.shape
         x = m.normalizer(image)
+        d = m.size_divisibility
+        # Zero-pad after normalizing, to the model's size divisibility, exactly as FasterRCNN.preprocess does.
+        x = F.pad(x, (0, -w % d, 0, -h % d))
         features = m.trunk(x)  # (1, C, H/16, W/16)
         proposals = self._proposals(features, float(h), float(w))  # (P, 4)
         heads = m.roi_heads
