@@ -4,6 +4,7 @@ Depends on torch and torchvision only (timm optional, for weight conversion).
 """
 
 from .blocks import BasicBlock, Bottleneck, Stem, ZeroPadShortcut, make_stage
+from .cifar import CIFAR_DEPTHS, CifarResNet, cifar_plain, cifar_resnet
 from .frozen_bn import FrozenBatchNorm2d, convert_frozen_batchnorm, freeze_module
 from .pixels import MSRA_PIXELS, TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
 from .resnet import (
@@ -24,8 +25,28 @@ from .resnet import (
     resnet101,
     resnet152,
 )
+from .weights import (
+    WeightsError,
+    WeightsInfo,
+    WeightsNotFoundError,
+    convert_state_dict,
+    load_pretrained,
+    pretrained_state_dict,
+    save_backbone_weights,
+)
 
 __all__ = [
+    "CIFAR_DEPTHS",
+    "CifarResNet",
+    "WeightsError",
+    "WeightsInfo",
+    "WeightsNotFoundError",
+    "cifar_plain",
+    "cifar_resnet",
+    "convert_state_dict",
+    "load_pretrained",
+    "pretrained_state_dict",
+    "save_backbone_weights",
     "BasicBlock",
     "Bottleneck",
     "FrozenBatchNorm2d",
