@@ -183,3 +183,23 @@ def test_native_round_trip_and_named_file(tmp_path: Path) -> None:
     assert torch.equal(target.res4[22].conv3.weight, model.res4[22].conv3.weight)
     with pytest.raises(WeightsError, match="ResNet-101"):
         pretrained_state_dict(str(path), 50)
+
+
+def test_convert_weights_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    blobs, expect = _msra_blobs(50)
+    src = tmp_path / "R-50.pkl"
+    src.write_bytes(pickle.dumps(blobs, protocol=2))
+    out = tmp_path / "r50.pth"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "convert_weights.py"
+    res = subprocess.run([sys.executable, str(tool), "--weights", str(src), "--depth", "50", "--output", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    state, info = pretrained_state_dict(str(out), 50)
+    assert info.stride_in_1x1 and info.pixel_spec == MSRA_PIXELS
+    assert np.array_equal(state["res5.2.conv3.weight"].numpy(), expect["res5.2.conv3.weight"])
+    bad = subprocess.run([sys.executable, str(tool), "--weights", str(tmp_path / "nope.pth"), "--depth", "50",
+                          "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nope.pth" in bad.stderr and "Traceback" not in bad.stderr
