@@ -236,3 +236,35 @@ def test_parse_tta() -> None:
     assert parse_tta("multiscale").scales == (200, 400, 600, 800, 1000)
     with pytest.raises(ValueError, match="unknown --tta"):
         parse_tta("flip,zoom")
+
+
+@pytest.mark.parametrize("norm", ["bn", "frozen_bn"])
+def test_fold_batchnorm_keeps_detections(norm: str) -> None:
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from detection.inference import fold_batchnorm
+
+    cfg = load_detection_config(None, [*TINY, f"model.backbone.norm={norm}"])
+    torch.manual_seed(1)
+    model = build_faster_rcnn(cfg.model, class_names=CLASSES)
+    with torch.no_grad():  # non-trivial statistics, so that folding has something to get wrong
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    image = _image(64, 96, 9)
+    plain = Predictor(model, min_size=64, max_size=96, device="cpu")([image])[0]
+    fused_predictor = Predictor(model, min_size=64, max_size=96, device="cpu", fuse_bn=True)
+    fused = fused_predictor([image])[0]
+    n_norm = sum(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in model.modules())
+    assert n_norm > 0  # the caller's model is untouched
+    assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in fused_predictor.model.modules())
+    assert len(plain["boxes"]) > 0 and len(fused["boxes"]) == len(plain["boxes"])
+    torch.testing.assert_close(fused["boxes"], plain["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(fused["scores"], plain["scores"], atol=1e-4, rtol=0)
+    assert torch.equal(fused["labels"], plain["labels"])
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(model.train())

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scales", type=int, nargs="+", default=None,
                    help="shorter sides for --tta multiscale (default: the paper's 200 400 600 800 1000)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    p.add_argument("--fuse-bn", action="store_true",
+                   help="fold BatchNorm into the convolutions (faster; equal up to float rounding)")
     p.add_argument("--no-draw", action="store_true", help="only write the JSON files")
     return p.parse_args(argv)
 
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e)) from None
     predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu),
-                                          score_thresh=args.score_thresh, tta=tta)
+                                          score_thresh=args.score_thresh, tta=tta,
+                                          fuse_bn=args.fuse_bn)
     names = predictor.class_names
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
