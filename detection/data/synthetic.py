@@ -21,7 +21,7 @@ import numpy as np
 
 SYNTHETIC_CLASSES = ("circle", "rectangle", "triangle")
 # Bump when the drawing changes: a stale tree on disk is then regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MARKER = "GENERATOR.json"
 # An occluded object keeps its annotation only if at least this fraction of it is visible.
 MIN_VISIBLE_FRACTION = 0.5
@@ -35,7 +35,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     img = np.broadcast_to(img, (size, size, 3)).astype(np.float32)
     img = img + rng.normal(0, rng.uniform(4, 16), (size, size, 3))
     img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(rng.integers(2, 8)):  # clutter: lines
+    for _ in range(rng.integers(1, 6)):  # clutter: lines
         p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
         cv2.line(img, tuple(int(v) for v in p1), tuple(int(v) for v in p2), _colour(rng), int(rng.integers(1, 3)))
     for _ in range(rng.integers(0, 4)):  # clutter: irregular non-class blobs
@@ -52,7 +52,8 @@ def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
 def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     """A filled mask of one object of class ``cls`` somewhere in a ``size`` x ``size`` image."""
     mask = np.zeros((size, size), np.uint8)
-    s = rng.uniform(12, min(70, size * 0.55))
+    # Smallest objects span ~1 cell of the stride-16 feature map: enough to find, hard to classify.
+    s = rng.uniform(18, min(68, size * 0.55))
     cx, cy = rng.uniform(s / 2, size - s / 2, 2)
     if cls == 0:  # circle (slightly elliptical)
         ratio = rng.uniform(0.85, 1.15)
@@ -81,7 +82,7 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
         stripes = ((xx + yy * rng.integers(0, 2)) // period) % 2
         tex = np.where(stripes[..., None] == 1, base, other)
     elif kind == 2:  # noise
-        tex = base + rng.normal(0, 30, (size, size, 3))
+        tex = base + rng.normal(0, 12, (size, size, 3))
     else:  # gradient
         other = np.array(_colour(rng), np.float32)
         t = np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
