@@ -45,7 +45,10 @@ def measure(name: str, root: Path | None, *, workers: int, batches: int, warmup:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default=None, help="data root (default: $RESDET_DATA_ROOT or datasets/)")
+    p.add_argument("--data-root", default=None,
+                   help="a root holding VOCdevkit/VOC2007 to time as well (never written to)")
+    p.add_argument("--synthetic-root", default=None,
+                   help="where the synthetic set lives / is generated (default: $RESDET_DATA_ROOT or datasets/)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--warmup", type=int, default=4)
@@ -53,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-size", type=int, default=600)
     p.add_argument("--max-size", type=int, default=1000)
     args = p.parse_args(argv)
-    root = get_data_root(args.data_root)
-    sets = [("synthetic-train", root)]
-    if (root / "VOCdevkit" / "VOC2007").is_dir():
-        sets.append(("voc07-trainval", root))
+    syn_root = get_data_root(args.synthetic_root)
+    sets = [("synthetic-train", syn_root)]
+    voc_root = Path(args.data_root) if args.data_root else None
+    if voc_root is not None and (voc_root / "VOCdevkit" / "VOC2007").is_dir():
+        sets.append(("voc07-trainval", voc_root))
     print(f"data pipeline benchmark: train loader, resize {args.min_size}/{args.max_size}, flip 0.5, batch "
-          f"{args.batch_size}, {args.batches} batches after {args.warmup} warm-up, data root {root}")
+          f"{args.batch_size}, {args.batches} batches after {args.warmup} warm-up,"
+          f" synthetic root {syn_root}, VOC root {voc_root}")
     print(f"{'dataset':18s}{'workers':>8s}{'images/s':>11s}{'per worker':>12s}")
     for name, r in sets:
         for w in args.workers:

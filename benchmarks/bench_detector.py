@@ -286,6 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--profile", action="store_true", help="also print where the time goes (torch.profiler)")
+    p.add_argument("--fuse-bn", action="store_true",
+                   help="also time our inference with BN folded into the convs (detection.inference.fold_batchnorm)")
     return p.parse_args(argv)
 
 
@@ -298,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     twin = build_twin(ours, args).to(device)
     images, targets = make_inputs(args, device)
     runners = {k: _runners(k, m, images, targets, args) for k, m in (("ours", ours), ("twin", twin))}
+    fused_infer = None
+    if args.fuse_bn:
+        from detection.inference import fold_batchnorm
+
+        fused = copy.deepcopy(ours).eval()
+        fold_batchnorm(fused)
+        fused_infer = _runners("ours", fused, images, targets, args)[1]
     with torch.inference_mode():
         n_ours = len(ours.eval()([images[0]])[0]["boxes"])
         n_twin = len(twin.eval()([images[0] / 255])[0]["boxes"])
@@ -310,20 +319,28 @@ def main(argv: list[str] | None = None) -> int:
         for fn in runners[kind]:
             for _ in range(args.warmup):
                 fn()
+    if fused_infer is not None:
+        for _ in range(args.warmup):
+            fused_infer()
     train_s: dict[str, list[float]] = {"ours": [], "twin": []}
-    infer_s: dict[str, list[float]] = {"ours": [], "twin": []}
+    infer_s: dict[str, list[float]] = {"ours": [], "twin": [], "fused": []}
     for r in range(args.rounds):
         for kind in ("ours", "twin") if r % 2 == 0 else ("twin", "ours"):
             train, infer = runners[kind]
             train_s[kind].append(_time(train, args.iters, device))
             infer_s[kind].append(_time(infer, args.iters, device))
+            if kind == "ours" and fused_infer is not None:
+                infer_s["fused"].append(_time(fused_infer, args.iters, device))
     med_train = {k: statistics.median(v) for k, v in train_s.items()}
-    med_infer = {k: statistics.median(v) for k, v in infer_s.items()}
+    med_infer = {k: statistics.median(v) for k, v in infer_s.items() if v}
     ips = {k: args.batch / v for k, v in med_train.items()}
     print(f"{'':22s}{'ours':>12s}{'torchvision':>14s}{'ratio':>9s}")
     print(f"{'train images/s':22s}{ips['ours']:12.3f}{ips['twin']:14.3f}{ips['ours'] / ips['twin']:8.2f}x")
     print(f"{'inference ms/image':22s}{1000 * med_infer['ours']:12.1f}{1000 * med_infer['twin']:14.1f}"
           f"{med_infer['twin'] / med_infer['ours']:8.2f}x")
+    if "fused" in med_infer:
+        print(f"{'  ours, BN folded':22s}{1000 * med_infer['fused']:12.1f}{1000 * med_infer['twin']:14.1f}"
+              f"{med_infer['twin'] / med_infer['fused']:8.2f}x")
     print("per-round train s/iter ours " + " ".join(f"{v:.3f}" for v in train_s["ours"])
           + " | twin " + " ".join(f"{v:.3f}" for v in train_s["twin"]))
     print("per-round infer s/img  ours " + " ".join(f"{v:.3f}" for v in infer_s["ours"])
