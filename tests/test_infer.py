@@ -19,7 +19,7 @@ from detection.inference import Predictor, list_images
 from detection.tta import TTAOptions, box_voting, candidates, parse_tta, predict_tta, resize_for_test
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["circle", "square", "triangle"]
+CLASSES = ["circle", "rectangle", "triangle"]  # the synthetic set's classes
 TINY = [
     "model.backbone.name=resnet18",
     "model.num_classes=3",
@@ -268,3 +268,17 @@ def test_fold_batchnorm_keeps_detections(norm: str) -> None:
     assert torch.equal(fused["labels"], plain["labels"])
     with pytest.raises(ValueError, match="eval"):
         fold_batchnorm(model.train())
+
+
+def test_infer_tool_scores_a_test_set_with_tta(tmp_path: Path, checkpoint: Path) -> None:
+    from detection.data import SYNTHETIC_CLASSES, generate_synthetic
+
+    assert list(SYNTHETIC_CLASSES) == CLASSES
+    generate_synthetic(tmp_path / "data", num_train=2, num_test=3, image_size=64)
+    out = tmp_path / "eval"
+    for tta in ("", "flip"):
+        assert _tool().main(["--checkpoint", str(checkpoint), "--eval-dataset", "synthetic-test", "--data-root",
+                             str(tmp_path / "data"), "--output", str(out), "--tta", tta, "--cpu"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["num_images"] == 3 and metrics["tta"] == (tta or "off")
+        assert 0.0 <= metrics["mAP"] <= 1.0 and set(metrics["per_class"]) <= set(CLASSES)

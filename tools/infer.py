@@ -4,11 +4,16 @@
     python tools/infer.py --checkpoint output/det/model_final.pth --input photo.jpg
     python tools/infer.py --checkpoint CKPT --input images/ --output output/infer --score-thresh 0.5 --batch-size 4
     python tools/infer.py --checkpoint CKPT --input images/ --tta flip,multiscale,refine   # paper Appendix B
+    python tools/infer.py --checkpoint CKPT --eval-dataset voc07-test --tta flip --scales 400 600 800  # score it
 
 Writes into --output: one drawn image per input (same name; PNG unless the input was a JPEG), detections.json
 ({"class_names": [...], "images": {file name: {"height", "width", "detections": [{"box" XYXY original pixels,
 "score", "label", "class_name"}]}}}) and coco_results.json (COCO results format: image_id = the file's position in
 the sorted input list, category_id = label + 1, bbox = [x, y, width, height]).
+
+With --eval-dataset NAME (instead of --input) the same predictions, TTA included, run over a test set and are
+scored by its evaluator (VOC / COCO, as tools/eval_det.py does); the metrics go to stdout and metrics.json. The
+score threshold is then the model's own (0.05 by default), as AP needs the low-scoring detections too.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from detection.tta import TTAOptions
 
 REPO = Path(__file__).resolve().parents[1]
 # Running from a source checkout without installing must find the packages too.
@@ -30,7 +39,10 @@ logger = logging.getLogger("infer")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model_final.pth or a training checkpoint")
-    p.add_argument("--input", required=True, help="an image file or a directory of images")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="an image file or a directory of images")
+    src.add_argument("--eval-dataset", help="score the predictions on this test set (e.g. voc07-test)")
+    p.add_argument("--data-root", default=None, help="data root for --eval-dataset (see datasets/README.md)")
     p.add_argument("--output", default="output/infer", help="directory for drawn images and JSON files")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="minimum score to draw and to write to the JSON files (default 0.5)")
@@ -59,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         tta = parse_tta(args.tta, scales=args.scales or PAPER_SCALES)
-        files = list_images(args.input)
+        files = list_images(args.input) if args.input else []
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(str(e)) from None
+    if args.eval_dataset:
+        return evaluate(args, tta)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu),
                                           score_thresh=args.score_thresh, tta=tta,
                                           fuse_bn=args.fuse_bn)
@@ -93,6 +107,41 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "coco_results.json").write_text(json.dumps(coco))
     total = sum(len(v["detections"]) for v in per_image.values())
     logger.info("%d detection(s) >= %.2f in %d image(s); wrote %s", total, args.score_thresh, len(files), out_dir)
+    return 0
+
+
+def evaluate(args: argparse.Namespace, tta: TTAOptions) -> int:
+    """Predict over a test set with the chosen TTA and score it with the dataset's evaluator."""
+    import time
+
+    from tqdm import tqdm
+
+    from detection.data import build_dataset
+    from detection.evaluation import build_evaluator, format_metrics
+    from detection.inference import Predictor, choose_device
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu), tta=tta)
+    ds = build_dataset(args.eval_dataset, args.data_root, train=False, min_size=predictor.min_size,
+                       max_size=predictor.max_size)
+    if list(ds.class_names) != predictor.class_names:
+        raise SystemExit(f"{args.eval_dataset}: classes {list(ds.class_names)} differ from the checkpoint's "
+                         f"{predictor.class_names}")
+    evaluator = build_evaluator(ds)
+    evaluator.reset()
+    records = ds.records
+    start = time.perf_counter()
+    results = predictor.predict_files([r.file for r in records], args.batch_size)
+    for i, (_, image, det) in enumerate(tqdm(results, total=len(records), desc="eval", dynamic_ncols=True)):
+        evaluator.add({"index": i, "image_id": records[i].image_id,
+                       "orig_size": (int(image.shape[0]), int(image.shape[1]))}, det)
+    seconds = time.perf_counter() - start
+    metrics = evaluator.evaluate()
+    metrics.update(num_images=len(records), seconds=seconds, ms_per_image=1000 * seconds / max(len(records), 1),
+                   tta=args.tta or "off")
+    print(format_metrics(metrics))
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
     return 0
 
 
