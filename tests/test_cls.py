@@ -149,3 +149,21 @@ def test_classification_to_detection_hand_off(tmp_path: Path) -> None:
             assert torch.equal(det_state[f"trunk.body.{k}"], v), k
         elif k.startswith("res5.") and not k.endswith("num_batches_tracked"):
             assert torch.equal(det_state[f"roi_heads.box_head.res5.{k[5:]}"], v), k
+
+
+def test_degradation_script_writes_the_figure(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "degradation.py"
+    out = tmp_path / "fig6.png"
+    res = subprocess.run(
+        [sys.executable, str(tool), "--depths", "8", "14", "--epochs", "1", "--batch-size", "50", "--workdir",
+         str(tmp_path / "runs"), "--output", str(out), "data.synthetic_per_class=50", "data.synthetic_classes=4",
+         "data.crop_size=16", "data.pad=2", "data.num_workers=0"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.stat().st_size > 10_000
+    for arch in ("cifar_plain8", "cifar_resnet8", "cifar_plain14", "cifar_resnet14"):
+        assert (tmp_path / "runs" / arch / "metrics.jsonl").is_file()
