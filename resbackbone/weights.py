@@ -304,13 +304,15 @@ def _timm_file(depth: int, tag: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+        # huggingface_hub reads HF_HUB_CACHE once at import; read it at call time so a changed env is honoured.
+        cache_dir = os.environ.get("HF_HUB_CACHE") or None
         for fname in ("model.safetensors", "pytorch_model.bin"):
-            cached = try_to_load_from_cache(repo, fname)
+            cached = try_to_load_from_cache(repo, fname, cache_dir=cache_dir)
             if isinstance(cached, str):
                 return Path(cached)
         if not _offline():
             try:
-                return Path(hf_hub_download(repo, "model.safetensors"))
+                return Path(hf_hub_download(repo, "model.safetensors", cache_dir=cache_dir))
             except Exception as e:  # noqa: BLE001
                 raise WeightsNotFoundError(
                     f"timm weights {repo} not cached and not downloadable ({type(e).__name__}). Download {url} "
@@ -350,9 +352,11 @@ def resolve_weights(weights: str, depth: int) -> tuple[Path, str, str]:
 
 def pretrained_state_dict(weights: str, depth: int) -> tuple[dict[str, Tensor], WeightsInfo]:
     """Converted, checked weights for ResNet-``depth`` (our key names) and what they need from the model."""
-    path, _, location = resolve_weights(weights, depth)
+    path, named, location = resolve_weights(weights, depth)
     raw, source, meta = read_weights_file(path)
     state = convert_state_dict(raw, source)
+    if named == "timm" and source == "torchvision":
+        source = "timm"  # timm ResNets use torchvision's key names; report where the weights came from
     if source == NATIVE_FORMAT and meta.get("depth") not in (None, depth):
         raise WeightsError(f"{path}: weights of ResNet-{meta['depth']}, model is ResNet-{depth}")
     check_state_dict(state, depth)
