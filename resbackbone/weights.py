@@ -93,6 +93,10 @@ def _convert_msra(state: Mapping[str, Any]) -> dict[str, Tensor]:
     bad = []
 
     def bn(prefix: str, kind: str, value: np.ndarray) -> None:
+        # caffe2's "BN" in these models is an AffineChannel op: y = s * x + b per channel (statistics folded in at
+        # export). FrozenBatchNorm2d computes y = weight * (x - mean) / sqrt(var + eps) + bias, so weight = s,
+        # bias = b, mean = 0 and var = 1 - eps reproduce it; in float32 (1 - 1e-5) + 1e-5 rounds to exactly 1.0,
+        # so the scale is s itself, not s times a rounding error.
         t = torch.as_tensor(np.asarray(value, dtype=np.float32))
         out[f"{prefix}.{'weight' if kind == 's' else 'bias'}"] = t
         out.setdefault(f"{prefix}.running_mean", torch.zeros_like(t))
@@ -126,19 +130,24 @@ def _convert_msra(state: Mapping[str, Any]) -> dict[str, Tensor]:
     return out
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], source: Source) -> dict[str, Tensor]:
+def convert_state_dict(state_dict: Mapping[str, Any], source: Source, *, depth: int | None = None) -> dict[str, Tensor]:
     """Map a checkpoint's keys to our ResNet's names (pure function; unknown keys raise :class:`WeightsError`).
 
     ``source``: "torchvision" or "timm" (same names), "msra" (Detectron caffe2 blobs), "resbackbone" (ours).
-    Completeness against a particular depth is checked by :func:`check_state_dict`.
+    With ``depth`` the result is also checked to be complete for ResNet-``depth`` (missing, unexpected and
+    mis-shaped keys named, see :func:`check_state_dict`); the fc may be absent.
     """
     if source in ("torchvision", "timm"):
-        return _convert_torchvision({k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")})
-    if source == "msra":
-        return _convert_msra(state_dict)
-    if source == NATIVE_FORMAT:
-        return {k: torch.as_tensor(v) for k, v in state_dict.items()}
-    raise ValueError(f"unknown weights source {source!r}; expected torchvision, timm, msra or resbackbone")
+        out = _convert_torchvision({k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")})
+    elif source == "msra":
+        out = _convert_msra(state_dict)
+    elif source == NATIVE_FORMAT:
+        out = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+    else:
+        raise ValueError(f"unknown weights source {source!r}; expected torchvision, timm, msra or resbackbone")
+    if depth is not None:
+        check_state_dict(out, depth)
+    return out
 
 
 def reference_shapes(depth: int, *, stride_in_1x1: bool = False, num_classes: int = 1000) -> dict[str, tuple]:

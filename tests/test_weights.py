@@ -187,7 +187,7 @@ def test_msra_pickle_loads_to_the_right_parameters(msra_r50: tuple[Path, dict[st
     x = torch.randn(1, 64, 4, 4)
     scale = torch.from_numpy(expect["stem.bn1.weight"])[None, :, None, None]
     bias = torch.from_numpy(expect["stem.bn1.bias"])[None, :, None, None]
-    assert torch.allclose(model.stem.bn1(x), x * scale + bias, atol=1e-5)
+    assert torch.equal(model.stem.bn1(x), x * scale + bias)  # exact: the frozen scale is s itself
     assert model.pixel_norm is not None and model.pixel_norm.spec == MSRA_PIXELS
     with pytest.raises(WeightsError, match="stride_in_1x1"):
         load_pretrained(ResNet(50), str(path))
@@ -223,10 +223,13 @@ def test_strict_conversion_names_bad_keys() -> None:
         convert_state_dict(bad, "torchvision")
     with pytest.raises(WeightsError, match="res9_0_branch2a_q"):
         convert_state_dict({"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res9_0_branch2a_q": 0}, "msra")
-    state = convert_state_dict(tv50, "torchvision")
-    del state["res3.1.conv2.weight"]
-    with pytest.raises(WeightsError, match=r"res3\.1\.conv2\.weight"):
-        check_state_dict(state, 50)
+    partial = {k: v for k, v in tv50.items() if k != "layer2.1.conv2.weight"}
+    with pytest.raises(WeightsError, match=r"missing 1 keys.*res3\.1\.conv2\.weight"):
+        convert_state_dict(partial, "torchvision", depth=50)
+    blobs, _ = _msra_blobs(50)
+    del blobs["res4_5_branch2b_bn_b"]
+    with pytest.raises(WeightsError, match=r"missing 1 keys.*res4\.5\.bn2\.bias"):
+        convert_state_dict(blobs, "msra", depth=50)
     with pytest.raises(WeightsError, match=r"ResNet-50.*unexpected .*res4\.10"):
         check_state_dict(convert_state_dict(tv101, "torchvision"), 50)
     state = convert_state_dict(tv50, "torchvision")
