@@ -347,6 +347,13 @@ def test_convert_weights_cli(msra_r50: tuple[Path, dict[str, np.ndarray]], tmp_p
     state, info = pretrained_state_dict(str(out), 50)
     assert info.source == "resbackbone" and info.stride_in_1x1 and info.pixel_spec == MSRA_PIXELS
     assert np.array_equal(state["res5.2.conv3.weight"].numpy(), expect["res5.2.conv3.weight"])
+    assert np.array_equal(state["fc.weight"].numpy(), expect["fc.weight"])
+    # Weights without an fc (a detector's backbone) convert without inventing one.
+    headless = tmp_path / "headless.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, headless)
+    out2 = tmp_path / "r50_headless.pth"
+    assert tool.main(["--weights", str(headless), "--depth", "50", "--output", str(out2)]) == 0
+    assert "fc.weight" not in torch.load(out2, weights_only=True)["state_dict"]
     assert tool.main(["--weights", str(tmp_path / "nope.pth"), "--depth", "50", "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert "nope.pth" in err and "Traceback" not in err

@@ -29,13 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model = ResNet(args.depth, stride_in_1x1=info.stride_in_1x1)
-    model.load_state_dict(state, strict=False)
+    # Keep exactly what the source has: no fc in the weights (e.g. a detector's backbone) -> none in the output,
+    # rather than a randomly initialized one that would look pretrained.
+    num_classes = int(state["fc.weight"].shape[0]) if "fc.weight" in state else None
+    model = ResNet(args.depth, num_classes=num_classes, stride_in_1x1=info.stride_in_1x1)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:  # pretrained_state_dict already checked; this guards the tool itself
+        print(f"error: {args.weights}: missing {missing[:6]}, unexpected {result.unexpected_keys[:6]}", file=sys.stderr)
+        return 2
     save_backbone_weights(model, args.output, depth=args.depth, pixel_spec=info.pixel_spec,
                           stride_in_1x1=info.stride_in_1x1, extra_meta={"converted_from": info.location})
     print(f"wrote {args.output}: ResNet-{args.depth} from {info.source} ({info.location}); pixels "
           f"{info.pixel_spec.channel_order} mean={info.pixel_spec.mean} std={info.pixel_spec.std}; "
           f"stride_in_1x1={info.stride_in_1x1}")
+    print(info)
     return 0
 
 
