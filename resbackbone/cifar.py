@@ -59,6 +59,7 @@ class CifarResNet(nn.Module):
 
 
 def cifar_resnet(depth: int, **kwargs: Any) -> CifarResNet:
+    """The residual CIFAR network of depth 6n+2 (keyword arguments as :class:`CifarResNet`)."""
     return CifarResNet(depth, **kwargs)
 
 
@@ -68,48 +69,60 @@ def cifar_plain(depth: int, **kwargs: Any) -> CifarResNet:
 
 
 def cifar_resnet20(**kw: Any) -> CifarResNet:
+    """ResNet-20 for CIFAR-10 (n=3)."""
     return CifarResNet(20, **kw)
 
 
 def cifar_resnet32(**kw: Any) -> CifarResNet:
+    """ResNet-32 for CIFAR-10 (n=5)."""
     return CifarResNet(32, **kw)
 
 
 def cifar_resnet44(**kw: Any) -> CifarResNet:
+    """ResNet-44 for CIFAR-10 (n=7)."""
     return CifarResNet(44, **kw)
 
 
 def cifar_resnet56(**kw: Any) -> CifarResNet:
+    """ResNet-56 for CIFAR-10 (n=9)."""
     return CifarResNet(56, **kw)
 
 
 def cifar_resnet110(**kw: Any) -> CifarResNet:
+    """ResNet-110 for CIFAR-10 (n=18)."""
     return CifarResNet(110, **kw)
 
 
 def cifar_resnet1202(**kw: Any) -> CifarResNet:
+    """ResNet-1202 for CIFAR-10 (n=200)."""
     return CifarResNet(1202, **kw)
 
 
 def cifar_plain20(**kw: Any) -> CifarResNet:
+    """Plain-20 for CIFAR-10 (n=3, no shortcuts)."""
     return cifar_plain(20, **kw)
 
 
 def cifar_plain32(**kw: Any) -> CifarResNet:
+    """Plain-32 for CIFAR-10 (n=5, no shortcuts)."""
     return cifar_plain(32, **kw)
 
 
 def cifar_plain44(**kw: Any) -> CifarResNet:
+    """Plain-44 for CIFAR-10 (n=7, no shortcuts)."""
     return cifar_plain(44, **kw)
 
 
 def cifar_plain56(**kw: Any) -> CifarResNet:
+    """Plain-56 for CIFAR-10 (n=9, no shortcuts)."""
     return cifar_plain(56, **kw)
 
 
 def cifar_plain110(**kw: Any) -> CifarResNet:
+    """Plain-110 for CIFAR-10 (n=18, no shortcuts)."""
     return cifar_plain(110, **kw)
 
 
 def cifar_plain1202(**kw: Any) -> CifarResNet:
+    """Plain-1202 for CIFAR-10 (n=200, no shortcuts)."""
     return cifar_plain(1202, **kw)
