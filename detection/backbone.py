@@ -6,6 +6,7 @@ A trunk maps normalized images ``(N, 3, H, W)`` to one stride-16 feature map ``(
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -70,23 +71,55 @@ def build_res5_head(
 
 
 class TimmTrunk(nn.Module):
-    """A timm ``features_only`` model cut at its stride-16 feature map (transfer learning from any timm CNN)."""
+    """A timm ``features_only`` model cut at its stride-16 feature map (transfer learning from any timm CNN).
 
-    def __init__(self, name: str, *, pretrained: bool = False) -> None:
+    ``weights``: "none" (random init), "timm" (the model's default pretrained tag, from the Hugging Face cache or
+    downloaded when the network allows) or the path of a local timm weights file (``.safetensors`` / ``.pth``,
+    read by timm with ``weights_only`` semantics). Torchvision / MSRA weight names are rejected: they describe
+    our ResNet, not an arbitrary timm network.
+    """
+
+    def __init__(self, name: str, *, weights: str = "none") -> None:
         super().__init__()
         import timm
 
+        if not timm.is_model(name):
+            raise ValueError(f"unknown timm model {name!r} (timm.list_models('*{name[:6]}*') lists near names)")
         probe = timm.create_model(name, features_only=True, pretrained=False)
         reductions = probe.feature_info.reduction()
         if FEATURE_STRIDE not in reductions:
             raise ValueError(f"timm model {name!r} has no stride-16 feature map (reductions {reductions})")
         index = reductions.index(FEATURE_STRIDE)
         del probe
-        self.body = timm.create_model(name, features_only=True, out_indices=(index,), pretrained=pretrained)
+        kwargs: dict[str, Any] = {"features_only": True, "out_indices": (index,)}
+        pretrained = weights != "none"
+        if weights not in ("none", "timm"):
+            path = Path(weights)
+            if not path.is_file():
+                raise ValueError(
+                    f"model.backbone.weights={weights!r} for timm backbone {name!r}: expected none, timm or the path "
+                    "of a timm weights file (torchvision/msra weights belong to our resnet18..152 backbones)"
+                )
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        try:
+            self.body = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            if not pretrained:
+                raise
+            from resbackbone.weights import WeightsNotFoundError
+
+            hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+            where = f"`huggingface-cli download {hub_id}` into the Hugging Face cache" if hub_id else "a local file"
+            raise WeightsNotFoundError(
+                f"timm weights for {name!r} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                f"fetch them with {where} on a machine with network access, or pass the file's path as "
+                "model.backbone.weights"
+            ) from None
         self.out_channels = int(self.body.feature_info.channels()[-1])
         cfg: dict[str, Any] = dict(getattr(self.body, "pretrained_cfg", {}) or {})
         mean = cfg.get("mean", (0.485, 0.456, 0.406))
         std = cfg.get("std", (0.229, 0.224, 0.225))
+        # timm weights expect RGB in [0, 1] normalized by the model's own mean / std; our images come in 0-255.
         self.pixel_spec = PixelSpec(
             mean=tuple(255.0 * m for m in mean), std=tuple(255.0 * s for s in std), channel_order="RGB"
         ) if pretrained else TORCHVISION_PIXELS

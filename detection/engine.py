@@ -430,8 +430,9 @@ class Trainer:
                 if bar is not None:
                     ips = images_per_iter * len(window) / sum(window)
                     eta = (s.max_iter - last_iter) * sum(window) / len(window)
+                    terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in stats.items() if k.startswith("loss_"))
                     bar.set_postfix_str(
-                        f"loss {stats['loss']:.3f} lr {stats['lr']:.2e} {ips:.1f} img/s "
+                        f"loss {stats['loss']:.3f} ({terms}) lr {stats['lr']:.2e} {ips:.1f} img/s "
                         f"mem {memory_summary(acc.device)} eta {format_eta(eta)}"
                     )
                     bar.update(1)

@@ -202,7 +202,7 @@ def build_faster_rcnn(cfg: ModelConfig, *, class_names: Sequence[str] | None = N
     a = cfg.anchors
     r = cfg.rpn
     if bb.name.startswith("timm:"):
-        trunk: nn.Module = TimmTrunk(bb.name[5:], pretrained=bb.weights in ("timm",) or bb.weights.startswith("timm"))
+        trunk: nn.Module = TimmTrunk(bb.name[5:], weights=bb.weights)
         box_head: nn.Module = FCBoxHead(trunk.out_channels, rh.pooler_resolution, rh.fc_dim)
         pixel_spec = trunk.pixel_spec
         if cfg.arch == "C4":

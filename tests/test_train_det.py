@@ -268,3 +268,20 @@ def test_seeded_items_are_reproducible(data_root: Path) -> None:
         assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"])
     sizes = {ds.get_item_seeded(1, s)[0].shape for s in seeds}
     assert len(sizes) > 1, "multi-scale training must vary the size across seeds"
+
+
+def test_backbone_flag_takes_any_timm_model_name() -> None:
+    """``--backbone`` is ours for resnet18..152 and a timm model otherwise; a timm trunk then starts from its own
+    timm ImageNet weights instead of the config's torchvision ones, unless weights are given explicitly."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_det_cli", TRAIN)
+    assert spec is not None and spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cfg = cli.resolve_config(cli.parse_args(["--dataset", "voc07+12", "--backbone", "convnext_tiny"]))
+    assert (cfg.model.backbone.name, cfg.model.backbone.weights) == ("timm:convnext_tiny", "timm")
+    cfg = cli.resolve_config(cli.parse_args(["--dataset", "voc07+12", "--backbone", "resnet50"]))
+    assert (cfg.model.backbone.name, cfg.model.backbone.weights) == ("resnet50", "torchvision")
+    cfg = cli.resolve_config(cli.parse_args(["--backbone", "timm:resnet10t", "--backbone-weights", "none"]))
+    assert (cfg.model.backbone.name, cfg.model.backbone.weights) == ("timm:resnet10t", "none")

@@ -40,6 +40,9 @@ DEFAULT_CONFIGS = {
 }
 
 
+RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
 def default_config_for(dataset: str | None) -> Path:
     name = dataset or "synthetic-train"
     if name in DEFAULT_CONFIGS:
@@ -58,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help="YAML config (default: the paper's setting for --dataset, see configs/det)")
     p.add_argument("--dataset", help="training set name, e.g. voc07+12, coco2017-train (default: synthetic-train)")
     p.add_argument("--test-dataset", help="evaluation set name (default: from the config)")
-    p.add_argument("--backbone", help="resnet18..resnet152, or timm:<model name>")
+    p.add_argument("--backbone", help="resnet18..resnet152 (ours), or any other timm model name (also as timm:<name>)")
     p.add_argument("--backbone-weights", help="none | torchvision | timm | msra | PATH to a weights file")
     p.add_argument("--data-root", help="data root (default: $RESDET_DATA_ROOT or the repo's datasets/)")
     p.add_argument("--output-dir", help="checkpoints, logs, metrics, resolved config")
@@ -87,7 +90,14 @@ def resolve_config(args: argparse.Namespace) -> DetectionConfig:
         data = replace(data, root=args.data_root)
     bb = cfg.model.backbone
     if args.backbone:
-        bb = replace(bb, name=args.backbone)
+        name = args.backbone
+        if not name.startswith("timm:") and name not in RESNET_NAMES:
+            name = "timm:" + name  # any other name is a timm model (checked when the model is built)
+        bb = replace(bb, name=name)
+        if name.startswith("timm:") and not args.backbone_weights and bb.weights != "none":
+            # The config's ImageNet init (torchvision / msra) names weights of our ResNets; a timm network's
+            # ImageNet weights are its own timm ones.
+            bb = replace(bb, weights="timm")
     if args.backbone_weights:
         bb = replace(bb, weights=args.backbone_weights)
     cfg = replace(cfg, data=data, model=replace(cfg.model, backbone=bb))
