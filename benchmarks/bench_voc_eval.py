@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detection.evaluation.voc import evaluate_detections, to_devkit_boxes, voc_ap  # noqa: E402
+from detection.evaluation.voc import evaluate_detections  # noqa: E402
+from detection.evaluation.voc_reference import reference_voc_eval_all  # noqa: E402
 
 
 def make_problem(num_images: int, num_classes: int, dets_per_image: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -45,71 +46,6 @@ def make_problem(num_images: int, num_classes: int, dets_per_image: int, seed: i
     return gt, det
 
 
-def loop_voc_eval(gt: list[dict], det: list[dict], num_classes: int, ovthresh: float = 0.5,
-                  use_07_metric: bool = True) -> np.ndarray:
-    """Per-class AP the py-faster-rcnn way: one Python iteration per detection (devkit 1-based boxes)."""
-    aps = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        class_recs = {}
-        npos = 0
-        for i, g in enumerate(gt):
-            m = g["labels"] == c
-            bbox = to_devkit_boxes(g["boxes"][m])
-            difficult = g["difficult"][m].astype(bool)
-            npos += int((~difficult).sum())
-            class_recs[i] = {"bbox": bbox, "difficult": difficult, "det": [False] * len(bbox)}
-        image_ids, confidence, bb = [], [], []
-        for i, d in enumerate(det):
-            m = d["labels"] == c
-            image_ids += [i] * int(m.sum())
-            confidence.append(d["scores"][m])
-            bb.append(to_devkit_boxes(d["boxes"][m]))
-        confidence_arr = np.concatenate(confidence)
-        bb_arr = np.concatenate(bb)
-        # Stable sort so that ties break like ours (the devkit's order is unspecified).
-        sorted_ind = np.argsort(-confidence_arr, kind="stable")
-        bb_arr = bb_arr[sorted_ind, :]
-        image_ids = [image_ids[x] for x in sorted_ind]
-        nd = len(image_ids)
-        tp = np.zeros(nd)
-        fp = np.zeros(nd)
-        for d in range(nd):
-            r = class_recs[image_ids[d]]
-            b = bb_arr[d, :].astype(float)
-            ovmax = -np.inf
-            bbgt = r["bbox"].astype(float)
-            if bbgt.size > 0:
-                ixmin = np.maximum(bbgt[:, 0], b[0])
-                iymin = np.maximum(bbgt[:, 1], b[1])
-                ixmax = np.minimum(bbgt[:, 2], b[2])
-                iymax = np.minimum(bbgt[:, 3], b[3])
-                iw = np.maximum(ixmax - ixmin + 1.0, 0.0)
-                ih = np.maximum(iymax - iymin + 1.0, 0.0)
-                inters = iw * ih
-                uni = ((b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0)
-                       + (bbgt[:, 2] - bbgt[:, 0] + 1.0) * (bbgt[:, 3] - bbgt[:, 1] + 1.0) - inters)
-                overlaps = inters / uni
-                ovmax = np.max(overlaps)
-                jmax = np.argmax(overlaps)
-            if ovmax > ovthresh:
-                if not r["difficult"][jmax]:
-                    if not r["det"][jmax]:
-                        tp[d] = 1.0
-                        r["det"][jmax] = True
-                    else:
-                        fp[d] = 1.0
-            else:
-                fp[d] = 1.0
-        if npos == 0:
-            continue
-        fp = np.cumsum(fp)
-        tp = np.cumsum(tp)
-        rec = tp / float(npos)
-        prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        aps[c] = voc_ap(rec, prec, use_07_metric)
-    return aps
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=4952, help="VOC2007 test has 4952 images")
@@ -125,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = evaluate_detections(gt, det, names, use_07_metric=True)
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    loop = loop_voc_eval(gt, det, args.classes)
+    loop = reference_voc_eval_all(gt, det, args.classes, 0.5, use_07_metric=True)
     t_loop = time.perf_counter() - t0
     ours_ap = np.array([np.nan if v is None else v for v in ours["per_class"].values()])
     diff = float(np.nanmax(np.abs(ours_ap - loop)))

@@ -6,8 +6,6 @@ Measured parameters (option A shortcuts): 20: 269,722 (paper 0.27 M), 32: 464,15
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -19,13 +17,7 @@ from resbackbone.cifar import CIFAR_DEPTHS, CifarResNet, cifar_plain
 PAPER_CIFAR_PARAMS = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On the 2 shared CI cores intra-op threads oversubscribe; one thread is faster for these small inputs.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("depth", CIFAR_DEPTHS)

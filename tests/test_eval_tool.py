@@ -3,7 +3,6 @@ present) the real COCO val2014 sample."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from torch import nn
 
 from detection.data import VOC_CLASSES, build_dataset, build_test_loader
@@ -25,11 +25,7 @@ COCO_REFERENCE = dict(AP=0.503647, AP50=0.696973, AP75=0.571667, APs=0.593252, A
 
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("eval_det", REPO / "tools" / "eval_det.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/eval_det.py")
 
 
 # (image id, width, height, [(class, xmin, ymin, xmax, ymax) 1-based inclusive, difficult])

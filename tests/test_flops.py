@@ -11,8 +11,6 @@ shortcut additions, so the definitions agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,13 +38,7 @@ def gmacs(depth: int, *, stride_in_1x1: bool) -> tuple[float, dict[str, float]]:
     return counter.get_total_flops() / 2 / 1e9, per_op
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On the 2 shared CI cores intra-op threads oversubscribe; one thread is faster for these small graphs.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("depth", sorted(PAPER_GMACS))

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from conftest import randomize_bn_statistics
 from torch import nn
 
 from resbackbone import FrozenBatchNorm2d, ResNet, convert_frozen_batchnorm, resnet18
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On the 2 shared CI cores intra-op threads oversubscribe; one thread is faster for these small inputs.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _randomize_bn_statistics(model: nn.Module) -> None:
-    """Non-trivial affine and running statistics, so a wrong formula or a lost buffer shows in the output."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 2.0)
-                m.bias.uniform_(-1.0, 1.0)
-                m.running_mean.uniform_(-1.0, 1.0)
-                m.running_var.uniform_(0.25, 4.0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_frozen_bn_equals_batchnorm_in_eval() -> None:
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(8)
-    _randomize_bn_statistics(bn)
+    randomize_bn_statistics(bn)
     bn.eval()
     frozen = convert_frozen_batchnorm(bn)
     assert isinstance(frozen, FrozenBatchNorm2d)
@@ -49,7 +30,7 @@ def test_frozen_bn_equals_batchnorm_in_eval() -> None:
 def test_frozen_bn_resnet_equals_eval_resnet() -> None:
     torch.manual_seed(0)
     model = resnet18(num_classes=10)
-    _randomize_bn_statistics(model)
+    randomize_bn_statistics(model)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from detection.config import DetectionConfig, load_detection_config
 from detection.engine import detector_payload
@@ -34,11 +34,7 @@ TINY = [
 
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("infer", REPO / "tools" / "infer.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/infer.py")
 
 
 @pytest.fixture(scope="module")

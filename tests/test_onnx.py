@@ -3,13 +3,13 @@ same detections / features as PyTorch on images other than the one the graph was
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from detection.config import DetectionConfig, load_detection_config
 from detection.engine import detector_payload
@@ -34,11 +34,7 @@ H, W = 64, 96
 
 
 def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("export_onnx", REPO / "tools" / "export_onnx.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_onnx.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,8 @@ native round trip, the convert CLI."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import load_script, randomize_bn_statistics
 from torch import nn
 
 from resbackbone import resnet101
@@ -34,23 +33,7 @@ from resbackbone.weights import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # On the 2 shared CI cores intra-op threads oversubscribe (a ResNet-50 forward at 64 px took 3 s with two
-    # threads under load, 0.1 s with one).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _randomize_bn_statistics(model: nn.Module) -> None:
-    """Non-trivial running statistics, so that a mis-mapped BN buffer would change the output."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -71,7 +54,7 @@ def _trunk(m: nn.Module, x: torch.Tensor, act: str) -> tuple[torch.Tensor, torch
 def test_torchvision_conversion_gives_identical_logits_and_features(depth: int) -> None:
     torch.manual_seed(depth)
     tv = getattr(torchvision.models, f"resnet{depth}")()
-    _randomize_bn_statistics(tv)
+    randomize_bn_statistics(tv)
     tv.eval()
     state = convert_state_dict(tv.state_dict(), "torchvision")
     check_state_dict(state, depth, allow_missing_fc=False)
@@ -92,7 +75,7 @@ def test_timm_conversion_gives_identical_logits_and_features() -> None:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     tm = timm.create_model("resnet50", pretrained=False)
-    _randomize_bn_statistics(tm)
+    randomize_bn_statistics(tm)
     tm.eval()
     state = convert_state_dict(tm.state_dict(), "timm")
     check_state_dict(state, 50, allow_missing_fc=False)
@@ -112,7 +95,7 @@ def test_torchvision_file_loads_into_a_truncated_backbone_with_its_pixels(tmp_pa
     """The detector's path: a raw torchvision .pth -> ResNet without res5 / fc, normalizing raw 0-255 RGB."""
     torch.manual_seed(1)
     tv = torchvision.models.resnet50()
-    _randomize_bn_statistics(tv)
+    randomize_bn_statistics(tv)
     tv.eval()
     path = tmp_path / "resnet50-0676ba61.pth"
     torch.save(tv.state_dict(), path)
@@ -329,11 +312,7 @@ def test_native_round_trip(tmp_path: Path) -> None:
 
 
 def _convert_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("convert_weights", REPO / "tools" / "convert_weights.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_weights.py")
 
 
 def test_convert_weights_cli(msra_r50: tuple[Path, dict[str, np.ndarray]], tmp_path: Path,
