@@ -247,7 +247,7 @@ class ClassificationTrainer:
                 if bar is not None:
                     ips = s.batch_size * len(window) / sum(window)
                     eta = (s.max_iter - last) * sum(window) / len(window)
-                    bar.set_postfix_str(f"loss {float(loss):.3f} lr {lr:.3g} {ips:.0f} img/s "
+                    bar.set_postfix_str(f"loss {float(loss.detach()):.3f} lr {lr:.3g} {ips:.0f} img/s "
                                         f"mem {memory_summary(acc.device)} eta {format_eta(eta)}")
                     bar.update(1)
                 if last % self.iters_per_epoch == 0 or last == s.max_iter:
