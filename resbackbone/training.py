@@ -24,6 +24,25 @@ from torch import Tensor, nn
 
 ScheduleKind = Literal["multistep", "cosine", "constant"]
 
+ENV_DATA_ROOT = "RESDET_DATA_ROOT"
+# The repository checkout this package was imported from (None when it is installed into site-packages).
+_CHECKOUT = Path(__file__).resolve().parents[1]
+REPO_DATASETS: Path | None = _CHECKOUT / "datasets" if (_CHECKOUT / "pyproject.toml").is_file() else None
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    """Where datasets live: explicit ``root`` > ``$RESDET_DATA_ROOT`` > the checkout's ``datasets/`` folder.
+
+    When the packages are installed (not editable) there is no checkout, and the last fallback is ``./datasets``
+    in the working directory rather than a folder inside site-packages.
+    """
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get(ENV_DATA_ROOT)
+    if env:
+        return Path(env).expanduser()
+    return REPO_DATASETS if REPO_DATASETS is not None else Path.cwd() / "datasets"
+
 # Norm layers whose parameters get ``weight_decay_norm_bias`` instead of the regular decay.
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,

@@ -200,6 +200,12 @@ def test_data_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert get_data_root() == tmp_path / "env"
     monkeypatch.delenv("RESDET_DATA_ROOT")
     assert get_data_root() == Path(__file__).resolve().parents[1] / "datasets"
+    # Installed into site-packages (no checkout around the package): ./datasets of the working directory.
+    import resbackbone.training as training
+
+    monkeypatch.setattr(training, "REPO_DATASETS", None)
+    monkeypatch.chdir(tmp_path)
+    assert get_data_root() == tmp_path / "datasets"
 
 
 def test_prepare_script_reports_present_missing_and_broken(

@@ -1,7 +1,9 @@
 """Detection data: VOC / COCO / synthetic datasets by name, transforms, deterministic samplers, loaders."""
 
+from resbackbone.training import ENV_DATA_ROOT
+
 from .base import DataError, DetectionDataset, Record
-from .catalog import DATASET_NAMES, ENV_DATA_ROOT, build_coco_dataset, build_dataset, coco_image_id, get_data_root
+from .catalog import DATASET_NAMES, build_coco_dataset, build_dataset, coco_image_id, get_data_root
 from .loader import build_test_loader, build_train_loader, collate
 from .samplers import InferenceSampler, TrainBatchSampler
 from .synthetic import SYNTHETIC_CLASSES, generate_synthetic

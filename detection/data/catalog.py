@@ -7,18 +7,16 @@ for every layout). Official layouts are used unchanged.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from resbackbone.training import data_root
 
 from .base import DataError, DetectionDataset
 from .coco import load_coco_records
 from .synthetic import GENERATOR_VERSION, MARKER, SYNTHETIC_CLASSES, generate_synthetic
 from .voc import VOC_CLASSES, load_voc_records
-
-ENV_DATA_ROOT = "RESDET_DATA_ROOT"
-REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
 # name -> [(VOC year, split)]
 VOC_SETS: dict[str, list[tuple[str, str]]] = {
@@ -47,11 +45,8 @@ DATASET_NAMES: tuple[str, ...] = (*VOC_SETS, *COCO_SETS, *SYNTHETIC_SETS)
 
 
 def get_data_root(root: str | Path | None = None) -> Path:
-    """Explicit argument > ``$RESDET_DATA_ROOT`` > the repository's ``datasets/``."""
-    if root:
-        return Path(root).expanduser()
-    env = os.environ.get(ENV_DATA_ROOT)
-    return Path(env).expanduser() if env else REPO_DATASETS
+    """Explicit argument > ``$RESDET_DATA_ROOT`` > the repository's ``datasets/`` (``./datasets`` when installed)."""
+    return data_root(root)
 
 
 def ensure_synthetic(root: Path) -> Path:

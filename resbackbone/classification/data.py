@@ -7,7 +7,6 @@ Items are ``(uint8 (3, H, W) RGB tensor, int label)``; the engine normalizes on 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,10 +19,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from ..training import data_root
 from .config import ClsDataConfig
 
-ENV_DATA_ROOT = "RESDET_DATA_ROOT"
-REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 CIFAR_DIR = "cifar-10-batches-py"
 # CIFAR-10 training-set statistics (0-255, RGB) for the CIFAR nets, which have no pixel spec of their own.
 CIFAR_MEAN = (125.3, 123.0, 113.9)
@@ -32,13 +30,6 @@ CIFAR_STD = (63.0, 62.1, 66.7)
 
 class ClsDataError(ValueError):
     """Bad or missing classification data; the message names the file."""
-
-
-def data_root(root: str | Path | None) -> Path:
-    if root:
-        return Path(root).expanduser()
-    env = os.environ.get(ENV_DATA_ROOT)
-    return Path(env).expanduser() if env else REPO_DATASETS
 
 
 # ---------------------------------------------------------------------------------------------------- CIFAR
