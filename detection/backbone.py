@@ -13,15 +13,18 @@ from torch import Tensor, nn
 
 from resbackbone.blocks import NormKind
 from resbackbone.pixels import TORCHVISION_PIXELS, PixelSpec
-from resbackbone.resnet import ResNet, ShortcutOption, make_resnet_stage, stage_channels
+from resbackbone.resnet import RESNET_SPECS, ResNet, ShortcutOption, make_resnet_stage, stage_channels
 
 # The paper's C4 / DC5 feature stride.
 FEATURE_STRIDE = 16
 
 
+RESNET_NAMES: tuple[str, ...] = tuple(f"resnet{depth}" for depth in RESNET_SPECS)
+
+
 def resnet_depth(name: str) -> int:
     """``"resnet101"`` -> 101, with a clear error for anything else."""
-    if name.startswith("resnet") and name[6:].isdigit() and int(name[6:]) in (18, 34, 50, 101, 152):
+    if name in RESNET_NAMES:
         return int(name[6:])
     raise ValueError(f"unknown backbone {name!r}: expected resnet18/34/50/101/152 or timm:<model name>")
 
@@ -144,5 +147,6 @@ __all__ = [
     "build_res5_head",
     "count_trainable",
     "frozen_parameter_names",
+    "RESNET_NAMES",
     "resnet_depth",
 ]

@@ -43,6 +43,7 @@ def data_root(root: str | Path | None = None) -> Path:
         return Path(env).expanduser()
     return REPO_DATASETS if REPO_DATASETS is not None else Path.cwd() / "datasets"
 
+
 # Norm layers whose parameters get ``weight_decay_norm_bias`` instead of the regular decay.
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from detection.backbone import RESNET_NAMES  # noqa: E402
 from detection.config import DetectionConfig, apply_linear_scaling, load_detection_config  # noqa: E402
 from resbackbone.config import ConfigError  # noqa: E402
 from resbackbone.training import NonFiniteLossError  # noqa: E402
@@ -38,9 +39,6 @@ DEFAULT_CONFIGS = {
     "voc": "configs/det/voc07+12_c4.yaml",
     "coco": "configs/det/coco_c4_paper.yaml",
 }
-
-
-RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 def default_config_for(dataset: str | None) -> Path:

@@ -65,9 +65,11 @@ def reference_voc_eval(
                     fp[d] = 1.0
         else:
             fp[d] = 1.0
+    if npos == 0:
+        return float("nan")  # the devkit's recall is 0/0 here; the evaluator reports no AP for such a class
     fp = np.cumsum(fp)
     tp = np.cumsum(tp)
-    rec = tp / float(npos) if npos > 0 else np.full(len(tp), np.nan)
+    rec = tp / float(npos)
     prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
     if use_07_metric:
         ap = 0.0
@@ -87,8 +89,4 @@ def reference_voc_eval_all(
     gt: list[dict], det: list[dict], num_classes: int, ovthresh: float = 0.5, use_07_metric: bool = False
 ) -> np.ndarray:
     """Per-class AP ``(num_classes,)``; NaN for a class without non-difficult ground truth (as the evaluator)."""
-    aps = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        if sum(int((~np.asarray(g["difficult"])[np.asarray(g["labels"]) == c].astype(bool)).sum()) for g in gt):
-            aps[c] = reference_voc_eval(gt, det, c, ovthresh, use_07_metric)
-    return aps
+    return np.array([reference_voc_eval(gt, det, c, ovthresh, use_07_metric) for c in range(num_classes)])
