@@ -287,7 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--profile", action="store_true", help="also print where the time goes (torch.profiler)")
     p.add_argument("--fuse-bn", action="store_true",
-                   help="also time our inference with BN folded into the convs (detection.inference.fold_batchnorm)")
+                   help="also time our inference with BN folded into the convs (resbackbone.fold_batchnorm)")
     return p.parse_args(argv)
 
 
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {k: _runners(k, m, images, targets, args) for k, m in (("ours", ours), ("twin", twin))}
     fused_infer = None
     if args.fuse_bn:
-        from detection.inference import fold_batchnorm
+        from resbackbone.frozen_bn import fold_batchnorm
 
         fused = copy.deepcopy(ours).eval()
         fold_batchnorm(fused)

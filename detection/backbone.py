@@ -12,6 +12,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from resbackbone.blocks import NormKind
+from resbackbone.errors import ConfigError
 from resbackbone.pixels import TORCHVISION_PIXELS, PixelSpec
 from resbackbone.resnet import RESNET_SPECS, ResNet, ShortcutOption, make_resnet_stage, stage_channels
 
@@ -26,7 +27,7 @@ def resnet_depth(name: str) -> int:
     """``"resnet101"`` -> 101, with a clear error for anything else."""
     if name in RESNET_NAMES:
         return int(name[6:])
-    raise ValueError(f"unknown backbone {name!r}: expected resnet18/34/50/101/152 or timm:<model name>")
+    raise ConfigError(f"unknown backbone {name!r}: expected resnet18/34/50/101/152 or timm:<model name>")
 
 
 class ResNetTrunk(nn.Module):
@@ -87,11 +88,11 @@ class TimmTrunk(nn.Module):
         import timm
 
         if not timm.is_model(name):
-            raise ValueError(f"unknown timm model {name!r} (timm.list_models('*{name[:6]}*') lists near names)")
+            raise ConfigError(f"unknown timm model {name!r} (timm.list_models('*{name[:6]}*') lists near names)")
         probe = timm.create_model(name, features_only=True, pretrained=False)
         reductions = probe.feature_info.reduction()
         if FEATURE_STRIDE not in reductions:
-            raise ValueError(f"timm model {name!r} has no stride-16 feature map (reductions {reductions})")
+            raise ConfigError(f"timm model {name!r} has no stride-16 feature map (reductions {reductions})")
         index = reductions.index(FEATURE_STRIDE)
         del probe
         kwargs: dict[str, Any] = {"features_only": True, "out_indices": (index,)}
@@ -99,7 +100,7 @@ class TimmTrunk(nn.Module):
         if weights not in ("none", "timm"):
             path = Path(weights)
             if not path.is_file():
-                raise ValueError(
+                raise ConfigError(
                     f"model.backbone.weights={weights!r} for timm backbone {name!r}: expected none, timm or the path "
                     "of a timm weights file (torchvision/msra weights belong to our resnet18..152 backbones)"
                 )
@@ -119,25 +120,21 @@ class TimmTrunk(nn.Module):
                 "model.backbone.weights"
             ) from None
         self.out_channels = int(self.body.feature_info.channels()[-1])
-        cfg: dict[str, Any] = dict(getattr(self.body, "pretrained_cfg", {}) or {})
-        mean = cfg.get("mean", (0.485, 0.456, 0.406))
-        std = cfg.get("std", (0.229, 0.224, 0.225))
-        # timm weights expect RGB in [0, 1] normalized by the model's own mean / std; our images come in 0-255.
-        self.pixel_spec = PixelSpec(
-            mean=tuple(255.0 * m for m in mean), std=tuple(255.0 * s for s in std), channel_order="RGB"
-        ) if pretrained else TORCHVISION_PIXELS
+        self.pixel_spec = timm_pixel_spec(name) if pretrained else TORCHVISION_PIXELS
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)[-1]
 
 
-def frozen_parameter_names(module: nn.Module) -> list[str]:
-    """Parameters without gradients (for reports and tests)."""
-    return [n for n, p in module.named_parameters() if not p.requires_grad]
+def timm_pixel_spec(name: str) -> PixelSpec:
+    """The pixel spec of timm model ``name``'s pretrained weights (its default tag; ImageNet statistics when timm
+    records none): timm weights expect RGB in [0, 1] normalized by their own mean / std, our images come 0-255."""
+    import timm
 
-
-def count_trainable(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    cfg: Any = timm.models.get_pretrained_cfg(name)
+    mean = getattr(cfg, "mean", None) or (0.485, 0.456, 0.406)
+    std = getattr(cfg, "std", None) or (0.229, 0.224, 0.225)
+    return PixelSpec(mean=tuple(255.0 * m for m in mean), std=tuple(255.0 * s for s in std), channel_order="RGB")
 
 
 __all__ = [
@@ -145,8 +142,7 @@ __all__ = [
     "ResNetTrunk",
     "TimmTrunk",
     "build_res5_head",
-    "count_trainable",
-    "frozen_parameter_names",
+    "timm_pixel_spec",
     "RESNET_NAMES",
     "resnet_depth",
 ]

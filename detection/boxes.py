@@ -1,9 +1,12 @@
 """Box utilities on ``XYXY`` tensors in absolute continuous pixels (no "+1": width = x2 - x1).
 
-Shape shorthand: N images, G ground-truth boxes (padded), A anchors / proposals per image.
+Shape shorthand: N images, G ground-truth boxes (padded), A anchors / proposals per image, R boxes of all images
+concatenated, D boxes kept by NMS.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -69,3 +72,56 @@ def pad_boxes(boxes: list[Tensor], labels: list[Tensor] | None = None) -> tuple[
         if lab is not None and labels is not None:
             lab[i, : b.shape[0]] = labels[i]
     return out, valid, lab
+
+
+def cat_per_image(boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-image ``(Ri, 4)`` -> all images' boxes ``(R, 4)`` in image order and the image index ``(R,)`` int64 of
+    each row. The counts come from the shapes, not from reading device memory."""
+    if not boxes:
+        return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+    device = boxes[0].device
+    counts = [b.shape[0] for b in boxes]
+    # output_size spares repeat_interleave the device-to-host read of the total it would otherwise need.
+    index = torch.repeat_interleave(
+        torch.arange(len(boxes), device=device), torch.tensor(counts, device=device), output_size=sum(counts)
+    )
+    return torch.cat(list(boxes)), index
+
+
+def topk_per_image(kept: Tensor, image_index: Tensor, num_images: int, k: int) -> Tensor:
+    """The first ``k`` of each image among NMS survivors, grouped by image.
+
+    Args:
+        kept: ``(D,)`` int64 indices kept by NMS, by descending score (as ``batched_nms`` returns them).
+        image_index: ``(D,)`` int64 image of each kept item (``image_index[j]`` belongs to ``kept[j]``).
+        num_images: N, a Python int.
+        k: how many to keep per image.
+    Returns:
+        ``(D',)`` the kept indices of image 0, then image 1, ..., by descending score within an image, at most
+        ``k`` per image.
+    """
+    if num_images == 1:
+        # A Python int, so decided when tracing: the export graph is one image, and ONNX has no bincount.
+        return kept[:k]
+    # A stable sort by image keeps the score order inside each image; rank = position within its image.
+    order = image_index.argsort(stable=True)
+    kept, image_index = kept[order], image_index[order]
+    counts = torch.bincount(image_index, minlength=num_images)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(kept.numel(), device=kept.device) - starts[image_index]
+    return kept[rank < k]
+
+
+def split_by_image(image_index: Tensor, num_images: int, *values: Tensor) -> tuple[list[Tensor], ...]:
+    """Rows grouped by image (as :func:`topk_per_image` orders them) -> per value, a list of N per-image tensors.
+
+    Args:
+        image_index: ``(D,)`` int64 image of each row, non-decreasing.
+        num_images: N.
+        values: tensors with D rows each.
+    Returns:
+        one list per value, ``[(D0, ...), ..., (D{N-1}, ...)]`` (empty tensors for images without rows).
+    """
+    # Python lists per image need the counts on the host: the path's only .tolist().
+    counts = torch.bincount(image_index, minlength=num_images).tolist()
+    return tuple(list(v.split(counts)) for v in values)

@@ -8,11 +8,13 @@ objects. Defaults are the paper's C4 setting (He et al. 2016, Appendix A, on top
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from resbackbone.config import load_config
+from resbackbone.engine.config import load_config
+from resbackbone.engine.schedule import SolverConfig as BaseSolverConfig
+from resbackbone.errors import ConfigError
 
 
 @dataclass
@@ -29,6 +31,16 @@ class BackboneConfig:
     stride_in_1x1: bool | None = None
     # Shortcut option of paper Table 3: "A" zero-pad, "B" projection on dimension change, "C" always projection.
     shortcut: Literal["A", "B", "C"] = "B"
+
+
+@dataclass
+class PixelConfig:
+    # How raw RGB 0-255 pixels are normalized before the first convolution; it belongs to the weights. None:
+    # whatever model.backbone.weights need (resolved when the model is first built and written back here).
+    # Mean and std in 0-255 units, listed in channel_order (the order the network expects).
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    channel_order: Literal["RGB", "BGR"] | None = None
 
 
 @dataclass
@@ -95,6 +107,7 @@ class ModelConfig:
     # Number of foreground classes K (VOC 20, COCO 80); background is label K.
     num_classes: int = 20
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pixel: PixelConfig = field(default_factory=PixelConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
@@ -125,35 +138,12 @@ class DataConfig:
 
 
 @dataclass
-class SolverConfig:
-    # Images per iteration over all processes (and accumulation steps).
-    ims_per_batch: int = 2
-    # Learning rate for ims_per_batch images; scale linearly when changing the batch size.
-    base_lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    # Weight decay on norm and bias parameters (0: none, the common practice).
-    weight_decay_norm_bias: float = 0.0
-    # Total iterations, and iterations at which the lr is multiplied by gamma.
-    max_iter: int = 40000
-    steps: tuple[int, ...] = (30000,)
-    gamma: float = 0.1
-    # Linear warmup from warmup_factor * base_lr over warmup_iters iterations.
-    warmup_iters: int = 100
-    warmup_factor: float = 0.001
+class SolverConfig(BaseSolverConfig):
+    """The shared solver fields (:class:`resbackbone.engine.schedule.SolverConfig`: batch, lr, schedule,
+    warm-up, clipping, precision, linear scaling, checkpoints) plus gradient accumulation."""
+
     # Gradient accumulation steps (per-step batch = ims_per_batch / processes / accumulation).
     grad_accum_steps: int = 1
-    # Clip the global gradient norm (0 = off).
-    clip_grad_norm: float = 0.0
-    # "no", "bf16" or "fp16" (fp16 uses a loss scaler).
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    # The batch size the lr / iteration numbers above were published for (0: use them as written). When it
-    # differs from ims_per_batch, the linear scaling rule (Goyal et al. 2017) is applied: lr x ims/ref, and
-    # max_iter, steps and warmup_iters x ref/ims, so a paper recipe runs on any number of GPUs.
-    reference_ims_per_batch: int = 0
-    # Checkpoint every N iterations (and at the end); keep the last K.
-    checkpoint_period: int = 5000
-    keep_last: int = 3
 
 
 @dataclass
@@ -183,22 +173,25 @@ def load_detection_config(path: str | Path | None = None, overrides: Sequence[st
     return load_config(DetectionConfig, path, overrides)
 
 
-def apply_linear_scaling(solver: SolverConfig) -> SolverConfig:
-    """Rescale lr and schedule from ``reference_ims_per_batch`` to ``ims_per_batch`` (identity when 0 or equal)."""
-    ref, ims = solver.reference_ims_per_batch, solver.ims_per_batch
-    if ref <= 0 or ref == ims:
-        return solver
-    ratio = ims / ref
+# Dataset name -> the config file (in configs/det/) a bare ``--dataset NAME`` uses: the paper's setting for it.
+DEFAULT_CONFIGS: dict[str, str] = {
+    **dict.fromkeys(("synthetic-train", "synthetic-test"), "synthetic_r18_c4.yaml"),
+    **dict.fromkeys(("voc07+12", "voc07-trainval", "voc07-train", "voc07-val", "voc07-test", "voc12-trainval",
+                     "voc12-train", "voc12-val"), "voc07+12_c4.yaml"),
+    "voc07++12": "voc07++12_c4.yaml",
+    **dict.fromkeys(("coco2017-train", "coco2017-val", "coco2014-train", "coco2014-val", "coco2014-minival",
+                     "coco2014-valminusminival"), "coco_c4_paper.yaml"),
+}
+# The test set each training set is evaluated on when neither --test-dataset nor the config names one.
+DEFAULT_TEST_SETS: dict[str, str] = {"synthetic-train": "synthetic-test", "synthetic-test": "synthetic-test"}
 
-    def it(n: int) -> int:
-        return max(1, round(n / ratio))
 
-    return replace(
-        solver,
-        base_lr=solver.base_lr * ratio,
-        max_iter=it(solver.max_iter),
-        steps=tuple(it(s) for s in solver.steps),
-        warmup_iters=round(solver.warmup_iters / ratio),
-        checkpoint_period=it(solver.checkpoint_period),
-        reference_ims_per_batch=0,
-    )
+def default_config_name(dataset: str | None) -> str:
+    """The config file name (relative to ``configs/det/``) for training on ``dataset`` (None: synthetic)."""
+    name = dataset or "synthetic-train"
+    if name not in DEFAULT_CONFIGS:
+        raise ConfigError(
+            f"no default config for training set {name!r}; pass --config (training sets with a default: "
+            f"{', '.join(DEFAULT_CONFIGS)})"
+        )
+    return DEFAULT_CONFIGS[name]

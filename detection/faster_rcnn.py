@@ -12,15 +12,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from resbackbone.pixels import TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
+from resbackbone.errors import WeightsError
+from resbackbone.pixels import MSRA_PIXELS, TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
+from resbackbone.weights import WeightsInfo
 
-from .backbone import FEATURE_STRIDE, ResNetTrunk, TimmTrunk, build_res5_head, resnet_depth
-from .config import ModelConfig
+from .backbone import FEATURE_STRIDE, ResNetTrunk, TimmTrunk, build_res5_head, resnet_depth, timm_pixel_spec
+from .config import ModelConfig, PixelConfig
 from .roi_heads import C4BoxHead, FCBoxHead, RoIHeads
 from .rpn import RPN
 
@@ -153,78 +156,135 @@ class FasterRCNN(nn.Module):
         return out
 
 
-def _load_resnet_weights(
-    model: FasterRCNN, weights: str, depth: int, arch: str
-) -> PixelSpec:
-    """Load converted ImageNet weights into the trunk (stem..res4 or ..res5) and the C4 res5 head, strictly."""
-    from resbackbone.weights import pretrained_state_dict
+@dataclass(frozen=True)
+class BackboneWeights:
+    """ImageNet (or classification-trained) weights for a ResNet trunk, read and converted once.
 
-    state, info = pretrained_state_dict(weights, depth)
-    targets: dict[str, nn.Module] = {"trunk.body.": model.trunk.body}
-    if arch == "C4":
-        targets["roi_heads.box_head.res5."] = model.roi_heads.box_head.res5
-    mapped: dict[str, Tensor] = {}
-    for prefix in targets:
-        if prefix.startswith("trunk"):
-            mapped.update({prefix + k: v for k, v in state.items() if not k.startswith("fc.")
-                           and (arch == "DC5" or not k.startswith("res5."))})
-        else:
-            mapped.update({prefix + k[len("res5."):]: v for k, v in state.items() if k.startswith("res5.")})
-    own = {k for k in model.state_dict() if k.startswith(tuple(targets))}
-    missing = sorted(k for k in own - set(mapped) if not k.endswith("num_batches_tracked"))
-    if missing:
-        raise ValueError(f"pretrained weights {weights!r} lack {len(missing)} backbone keys, e.g. {missing[:5]}")
-    result = model.load_state_dict(mapped, strict=False)
-    unexpected = [k for k in result.unexpected_keys]
-    if unexpected:
-        raise ValueError(f"pretrained weights {weights!r} have keys the detector does not: {unexpected[:5]}")
-    logger.info("loaded backbone weights %s (%d tensors)", weights, len(mapped))
-    return info.pixel_spec
+    ``state``: our ResNet's key names (``stem.*``, ``res2.*`` .. ``res5.*``, maybe ``fc.*``); ``info``: what they
+    need from the model (pixel spec, stride placement).
+    """
+
+    state: dict[str, Tensor]
+    info: WeightsInfo
 
 
-def weights_stride_in_1x1(weights: str, depth: int) -> bool:
-    """Whether the named weights need the stride in the first 1x1 (MSRA caffe models do)."""
-    if weights == "msra":
-        return True
-    if weights in ("none", "torchvision", "timm") or weights.startswith(("torchvision:", "timm:")):
-        return False
-    from resbackbone.weights import pretrained_state_dict
-
-    return pretrained_state_dict(weights, depth)[1].stride_in_1x1
+# ``build_faster_rcnn(weights=...)`` default: read what ``cfg.backbone.weights`` names.
+FROM_CONFIG = "from_config"
 
 
-def build_faster_rcnn(cfg: ModelConfig, *, class_names: Sequence[str] | None = None) -> FasterRCNN:
-    """The one place that maps a :class:`ModelConfig` to modules (see the module docstring)."""
+def read_backbone_weights(cfg: ModelConfig) -> BackboneWeights | None:
+    """The converted, checked weights ``cfg.backbone.weights`` names for our ResNet trunks (None for "none" and
+    for timm trunks, which load their own weights through timm)."""
     bb = cfg.backbone
+    if bb.weights == "none" or bb.name.startswith("timm:"):
+        return None
+    from resbackbone.weights import pretrained_state_dict
+
+    state, info = pretrained_state_dict(bb.weights, resnet_depth(bb.name))
+    return BackboneWeights(state, info)
+
+
+def resolve_model_config(cfg: ModelConfig, weights: BackboneWeights | None = None) -> ModelConfig:
+    """``cfg`` with every choice left to the weights made concrete: norm, stride placement, pixel spec.
+
+    The result is what the trainer records in ``config.yaml`` and in every checkpoint; building from it gives
+    the same architecture and input normalization without the weights file. Rules: ``norm: auto`` is FrozenBN
+    with pretrained weights and trainable BN from scratch; ``stride_in_1x1`` and the pixel spec come from
+    ``weights`` when given (read by :func:`read_backbone_weights`), else from the weights' name (MSRA caffe:
+    stride in the 1x1, BGR mean-only pixels; a timm trunk: its pretrained statistics; otherwise torchvision's).
+    Fields already set are kept. Idempotent.
+    """
+    bb, px = cfg.backbone, cfg.pixel
     pretrained = bb.weights != "none"
     norm = bb.norm if bb.norm != "auto" else ("frozen_bn" if pretrained else "bn")
+    if bb.name.startswith("timm:"):
+        stride_in_1x1 = False
+        spec = timm_pixel_spec(bb.name[5:]) if pretrained else TORCHVISION_PIXELS
+    elif weights is not None:
+        stride_in_1x1, spec = weights.info.stride_in_1x1, weights.info.pixel_spec
+    else:
+        msra = bb.weights == "msra"
+        stride_in_1x1, spec = msra, MSRA_PIXELS if msra else TORCHVISION_PIXELS
+    if bb.stride_in_1x1 is not None:
+        stride_in_1x1 = bb.stride_in_1x1
+    pixel = PixelConfig(
+        mean=px.mean if px.mean is not None else spec.mean,
+        std=px.std if px.std is not None else spec.std,
+        channel_order=px.channel_order if px.channel_order is not None else spec.channel_order,
+    )
+    return replace(cfg, backbone=replace(bb, norm=norm, stride_in_1x1=stride_in_1x1), pixel=pixel)
+
+
+def pixel_spec_of(cfg: ModelConfig) -> PixelSpec:
+    """The :class:`PixelSpec` of a resolved config (:func:`resolve_model_config`)."""
+    px = cfg.pixel
+    if px.mean is None or px.std is None or px.channel_order is None:
+        raise ValueError("model.pixel is not resolved: call resolve_model_config first")
+    return PixelSpec(tuple(px.mean), tuple(px.std), px.channel_order)  # type: ignore[arg-type]
+
+
+def _load_backbone_weights(model: FasterRCNN, weights: BackboneWeights, arch: str, what: str) -> None:
+    """stem..res4 (C4) or stem..res5 (DC5) into the trunk, res5 into the C4 head, with the weights' key checks."""
+    from resbackbone.weights import load_converted
+
+    load_converted(model.trunk.body, weights.state, weights.info, what=what)
+    if arch == "C4":
+        res5 = {k[len("res5."):]: v for k, v in weights.state.items() if k.startswith("res5.")}
+        head = model.roi_heads.box_head.res5
+        missing = sorted(k for k in head.state_dict() if k not in res5 and not k.endswith("num_batches_tracked"))
+        if missing:
+            raise WeightsError(f"{what} does not cover the res5 head: missing {['res5.' + k for k in missing[:8]]}")
+        head.load_state_dict(res5, strict=False)
+    logger.info("loaded backbone weights %s (%d tensors)", what, len(weights.state))
+
+
+def build_faster_rcnn(
+    cfg: ModelConfig,
+    *,
+    class_names: Sequence[str] | None = None,
+    weights: BackboneWeights | None | str = FROM_CONFIG,
+) -> FasterRCNN:
+    """The one place that maps a :class:`ModelConfig` to modules (see the module docstring).
+
+    ``weights``: by default the backbone weights ``cfg.backbone.weights`` names are read and loaded (ImageNet
+    initialization); pass what :func:`read_backbone_weights` returned to load those without reading again, or
+    None to build the architecture alone (rebuilding a trained detector from its saved, resolved config: its
+    weights come from the checkpoint). Choices left to the weights are made by :func:`resolve_model_config`.
+    """
+    if isinstance(weights, str):
+        if weights != FROM_CONFIG:
+            raise ValueError(f"weights must be BackboneWeights, None or {FROM_CONFIG!r}, got {weights!r}")
+        weights = read_backbone_weights(cfg)
+        load_timm = True
+    else:
+        load_timm = False
+    cfg = resolve_model_config(cfg, weights)
+    bb = cfg.backbone
+    norm = bb.norm
+    assert norm != "auto" and bb.stride_in_1x1 is not None
     rh = cfg.roi_heads
     a = cfg.anchors
     r = cfg.rpn
     if bb.name.startswith("timm:"):
-        trunk: nn.Module = TimmTrunk(bb.name[5:], weights=bb.weights)
+        trunk: nn.Module = TimmTrunk(bb.name[5:], weights=bb.weights if load_timm else "none")
         box_head: nn.Module = FCBoxHead(trunk.out_channels, rh.pooler_resolution, rh.fc_dim)
-        pixel_spec = trunk.pixel_spec
         if cfg.arch == "C4":
             logger.info("timm backbones have no separable res5: using the 2-fc (DC5-style) box head")
-        depth = 0
     else:
         depth = resnet_depth(bb.name)
-        stride_in_1x1 = bb.stride_in_1x1 if bb.stride_in_1x1 is not None else weights_stride_in_1x1(bb.weights, depth)
         trunk = ResNetTrunk(
             depth,
             dilated_res5=cfg.arch == "DC5",
             freeze_at=bb.freeze_at,
             norm=norm,
-            stride_in_1x1=stride_in_1x1,
+            stride_in_1x1=bb.stride_in_1x1,
             shortcut=bb.shortcut,
         )
         if cfg.arch == "C4":
-            res5, channels = build_res5_head(depth, norm=norm, stride_in_1x1=stride_in_1x1, shortcut=bb.shortcut)
+            res5, channels = build_res5_head(depth, norm=norm, stride_in_1x1=bb.stride_in_1x1, shortcut=bb.shortcut)
             box_head = C4BoxHead(res5, channels)
         else:
             box_head = FCBoxHead(trunk.out_channels, rh.pooler_resolution, rh.fc_dim)
-        pixel_spec = TORCHVISION_PIXELS
     rpn = RPN(
         trunk.out_channels,
         anchor_sizes=a.sizes,
@@ -260,7 +320,7 @@ def build_faster_rcnn(cfg: ModelConfig, *, class_names: Sequence[str] | None = N
         nms_thresh=rh.nms_thresh,
         detections_per_image=rh.detections_per_image,
     )
-    model = FasterRCNN(trunk, rpn, heads, pixel_spec=pixel_spec, class_names=class_names)
-    if pretrained and depth:
-        model.set_pixel_spec(_load_resnet_weights(model, bb.weights, depth, cfg.arch))
+    model = FasterRCNN(trunk, rpn, heads, pixel_spec=pixel_spec_of(cfg), class_names=class_names)
+    if weights is not None:
+        _load_backbone_weights(model, weights, cfg.arch, bb.weights)
     return model

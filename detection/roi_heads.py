@@ -8,7 +8,7 @@ whole batch, C channels, S pooled size, D box-head feature size, K foreground cl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,15 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, roi_align, roi_pool
 
 from .box_coder import BoxCoder
-from .boxes import batched_pairwise_iou, clip_boxes, nonempty, pad_boxes
+from .boxes import (
+    batched_pairwise_iou,
+    cat_per_image,
+    clip_boxes,
+    nonempty,
+    pad_boxes,
+    split_by_image,
+    topk_per_image,
+)
 from .matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from .rpn import _smooth_l1
 from .sampler import sample_balanced
@@ -189,38 +197,102 @@ class RoIHeads(nn.Module):
         }
 
     @torch.no_grad()
+    def class_boxes(self, logits: Tensor, deltas: Tensor, rois: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """Softmax, class-specific decode, clip: the predictions before any threshold or NMS.
+
+        Args:
+            logits: ``(R, K+1)`` class logits; deltas: ``(R, 4K)`` class-specific deltas (as :meth:`predict`).
+            rois: ``(R, 4)`` XYXY input pixels, the boxes the deltas refer to (all images concatenated).
+            sizes: ``(R, 2)`` (height, width) of each RoI's image, input pixels; ``(1, 2)`` for one image.
+        Returns:
+            boxes ``(R, K, 4)`` XYXY clipped to the image and foreground probabilities ``(R, K)`` float32.
+        """
+        k = self.num_classes
+        probs = F.softmax(logits.float(), dim=1)[:, :k]  # (R, K+1) -> (R, K): background column dropped
+        boxes = self.box_coder.decode(deltas, rois).view(-1, k, 4)  # (R, 4K) -> (R, K, 4)
+        sizes = sizes.to(boxes)
+        return clip_boxes(boxes, sizes[:, 0, None], sizes[:, 1, None]), probs
+
+    @torch.no_grad()
+    def select(
+        self, boxes: Tensor, probs: Tensor, image_index: Tensor | None = None, num_images: int = 1
+    ) -> tuple[Candidates, Tensor]:
+        """:func:`select_detections` with this head's score threshold, NMS IoU and detections per image."""
+        return select_detections(
+            boxes,
+            probs,
+            image_index,
+            num_images,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_image=self.detections_per_image,
+        )
+
+    @torch.no_grad()
     def postprocess(
         self, logits: Tensor, deltas: Tensor, boxes: list[Tensor], image_sizes: Tensor
     ) -> list[dict[str, Tensor]]:
-        """Softmax, class-specific decode, clip, score threshold, per-class NMS, top detections per image."""
-        k = self.num_classes
-        counts = [b.shape[0] for b in boxes]
-        n = len(boxes)
-        device = logits.device
-        ref = torch.cat(boxes) if boxes else logits.new_zeros(0, 4)
-        probs = F.softmax(logits.float(), dim=1)[:, :k]  # (R, K): background column dropped
-        pred = self.box_coder.decode(deltas, ref).view(-1, k, 4)  # (R, 4K) -> (R, K, 4)
-        img = torch.repeat_interleave(torch.arange(n, device=device), torch.as_tensor(counts, device=device))
-        sizes = image_sizes.to(pred)[img]  # (R, 2)
-        pred = clip_boxes(pred, sizes[:, 0, None], sizes[:, 1, None])
-        cls = torch.arange(k, device=device).expand_as(probs)  # (R, K)
-        img_rk = img[:, None].expand_as(probs)
-        keep = (probs > self.score_thresh) & nonempty(pred, MIN_DETECTION_SIZE)
-        b, s, c, im = pred[keep], probs[keep], cls[keep], img_rk[keep]
-        kept = batched_nms(b, s, im * k + c, self.nms_thresh)  # descending score
-        im_k = im[kept]
-        order = im_k.argsort(stable=True)
-        kept, im_k = kept[order], im_k[order]
-        per = torch.bincount(im_k, minlength=n)
-        starts = per.cumsum(0) - per
-        rank = torch.arange(kept.numel(), device=device) - starts[im_k]
-        sel = rank < self.detections_per_image
-        kept, im_k = kept[sel], im_k[sel]
-        split = torch.bincount(im_k, minlength=n).tolist()
-        return [
-            {"boxes": bb, "scores": ss, "labels": cc}
-            for bb, ss, cc in zip(b[kept].split(split), s[kept].split(split), c[kept].split(split))
-        ]
+        """Softmax, class-specific decode, clip, score threshold, per-class NMS, top detections per image.
+
+        Args:
+            logits, deltas: ``(R, K+1)``, ``(R, 4K)`` for the RoIs ``boxes`` (per image ``(Ri, 4)``).
+            image_sizes: ``(N, 2)`` (height, width) before padding, input pixels.
+        Returns:
+            per image ``{"boxes" (D, 4) XYXY input pixels, "scores" (D,), "labels" (D,) in [0, K)}``.
+        """
+        if not boxes:
+            return []
+        rois, image_index = cat_per_image(boxes)  # (R, 4), (R,)
+        pred, probs = self.class_boxes(logits, deltas, rois, image_sizes[image_index])
+        cands, kept = self.select(pred, probs, image_index, len(boxes))
+        split = split_by_image(
+            cands.image_index[kept], len(boxes), cands.boxes[kept], cands.scores[kept], cands.labels[kept]
+        )
+        return [{"boxes": b, "scores": s, "labels": c} for b, s, c in zip(*split)]
 
 
-__all__ = ["C4BoxHead", "FCBoxHead", "MIN_DETECTION_SIZE", "POSITIVE", "RoIHeads"]
+class Candidates(NamedTuple):
+    """Detections that passed the score threshold and the size floor, before NMS, all images flat (C of them)."""
+
+    boxes: Tensor  # (C, 4) XYXY
+    scores: Tensor  # (C,) foreground probability
+    labels: Tensor  # (C,) class in [0, K)
+    image_index: Tensor  # (C,) int64
+
+
+def select_detections(
+    boxes: Tensor,
+    probs: Tensor,
+    image_index: Tensor | None,
+    num_images: int,
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_image: int,
+) -> tuple[Candidates, Tensor]:
+    """Score threshold, size floor (``MIN_DETECTION_SIZE``), NMS per (image, class), top detections per image.
+
+    Args:
+        boxes: ``(R, K, 4)`` class-specific boxes; probs: ``(R, K)`` their scores (:meth:`RoIHeads.class_boxes`).
+        image_index: ``(R,)`` int64 image of each row; None when all rows are of one image (then ``num_images``
+            must be 1).
+        num_images: N, a Python int.
+    Returns:
+        the candidates (every (row, class) pair that entered NMS) and ``kept (D,)``, indices into them of the
+        detections: grouped by image, by descending score within an image, at most ``detections_per_image`` each.
+        Nothing is read back to Python (no ``.tolist()``), so for one image the steps trace into an ONNX graph.
+    """
+    if image_index is None and num_images != 1:
+        raise ValueError(f"image_index is needed for {num_images} images")
+    k = probs.shape[1]
+    cls = torch.arange(k, device=probs.device).expand_as(probs)  # (R, K)
+    keep = (probs > score_thresh) & nonempty(boxes, MIN_DETECTION_SIZE)  # (R, K)
+    b, s, c = boxes[keep], probs[keep], cls[keep]  # flat (C, ...)
+    # zeros_like (not zeros(C)) keeps C a dynamic size in a traced graph.
+    im = torch.zeros_like(c) if image_index is None else image_index[:, None].expand_as(probs)[keep]
+    kept = batched_nms(b, s, im * k + c, nms_thresh)  # descending score
+    kept = topk_per_image(kept, im[kept], num_images, detections_per_image)
+    return Candidates(b, s, c, im), kept
+
+
+__all__ = ["C4BoxHead", "Candidates", "FCBoxHead", "MIN_DETECTION_SIZE", "POSITIVE", "RoIHeads", "select_detections"]

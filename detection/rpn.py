@@ -15,7 +15,7 @@ from torchvision.ops import batched_nms
 
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .boxes import batched_pairwise_iou, clip_boxes, nonempty, pad_boxes
+from .boxes import batched_pairwise_iou, clip_boxes, nonempty, pad_boxes, split_by_image, topk_per_image
 from .matcher import POSITIVE, Matcher
 from .sampler import sample_balanced
 
@@ -89,12 +89,7 @@ class RPN(nn.Module):
             proposals (per image ``(Ri, 4)``, detached), their objectness logits (per image ``(Ri,)``), and a
             dict of losses and statistics (empty at inference).
         """
-        n, _, h, w = features.shape
-        logits, deltas = self.head(features)
-        anchors = self.anchor_generator(h, w)  # (M, 4)
-        # (N, A, H, W) -> (N, H, W, A) -> (N, M); (N, 4A, H, W) -> (N, H, W, A, 4) -> (N, M, 4)
-        logits = logits.permute(0, 2, 3, 1).reshape(n, -1)
-        deltas = deltas.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+        anchors, logits, deltas = self.predict(features)
         proposals, scores = self.propose(anchors, logits.detach(), deltas.detach(), image_sizes)
         losses: dict[str, Tensor] = {}
         if self.training:
@@ -103,15 +98,49 @@ class RPN(nn.Module):
             losses = self.losses(anchors, logits, deltas, gt_boxes)
         return proposals, scores, losses
 
+    def predict(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The head on every anchor.
+
+        Args:
+            features: ``(N, C, H, W)`` stride-16 features.
+        Returns:
+            anchors ``(M, 4)`` XYXY input pixels (shared by all images), objectness logits ``(N, M)`` and deltas
+            ``(N, M, 4)``, anchor ``j`` of every image at row ``j``.
+        """
+        n, _, h, w = features.shape
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(h, w)  # (M, 4)
+        # (N, A, H, W) -> (N, H, W, A) -> (N, M); (N, 4A, H, W) -> (N, H, W, A, 4) -> (N, M, 4)
+        logits = logits.permute(0, 2, 3, 1).reshape(n, -1)
+        deltas = deltas.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+        return anchors, logits, deltas
+
     @torch.no_grad()
     def propose(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Top-k by objectness, decode, clip, drop tiny boxes, NMS per image, keep the top R per image."""
+        """:meth:`propose_flat` split per image: proposals (per image ``(Ri, 4)``) and their logits (``(Ri,)``)."""
+        boxes, scores, image_index = self.propose_flat(anchors, logits, deltas, image_sizes)
+        proposals, proposal_scores = split_by_image(image_index, logits.shape[0], boxes, scores)
+        return proposals, proposal_scores
+
+    @torch.no_grad()
+    def propose_flat(
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-k by objectness, decode, clip, drop tiny boxes, NMS per image, keep the top R per image.
+
+        Args:
+            anchors, logits, deltas: as :meth:`predict` returns them, ``(M, 4)``, ``(N, M)``, ``(N, M, 4)``.
+            image_sizes: ``(N, 2)`` (height, width) before padding, input pixels.
+        Returns:
+            proposals ``(P, 4)`` XYXY input pixels, their logits ``(P,)`` float32 and image index ``(P,)``, grouped
+            by image and by descending logit within an image. Nothing is read back to Python (no ``.tolist()``), so
+            for N = 1 the steps trace into an ONNX graph.
+        """
         n, m = logits.shape
         mode = 0 if self.training else 1
         k = min(self.pre_nms_topk[mode], m)
-        post = self.post_nms_topk[mode]
         top_logits, top_idx = logits.float().topk(k, dim=1)  # (N, k)
         top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))  # (N, k, 4)
         boxes = self.box_coder.decode(top_deltas, anchors[top_idx])  # (N, k, 4)
@@ -119,19 +148,10 @@ class RPN(nn.Module):
         boxes = clip_boxes(boxes, sizes[:, 0, None], sizes[:, 1, None])
         keep = nonempty(boxes, self.min_box_size)  # (N, k)
         img = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
-        boxes, scores, img = boxes[keep], top_logits[keep], img[keep]  # flat (P, ...)
+        boxes, scores, img = boxes[keep], top_logits[keep], img[keep]  # flat (P', ...)
         kept = batched_nms(boxes, scores, img, self.nms_thresh)  # indices by descending score
-        img_k = img[kept]
-        # Per-image top-R among the NMS survivors: stable sort by image keeps the score order inside each image.
-        order = img_k.argsort(stable=True)
-        kept, img_k = kept[order], img_k[order]
-        counts = torch.bincount(img_k, minlength=n)
-        starts = counts.cumsum(0) - counts
-        rank = torch.arange(kept.numel(), device=kept.device) - starts[img_k]
-        sel = rank < post
-        kept, img_k = kept[sel], img_k[sel]
-        per_image = torch.bincount(img_k, minlength=n).tolist()
-        return list(boxes[kept].split(per_image)), list(scores[kept].split(per_image))
+        kept = topk_per_image(kept, img[kept], n, self.post_nms_topk[mode])
+        return boxes[kept], scores[kept], img[kept]
 
     def losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
         """Binary CE on sampled anchors + smooth-L1 (L1 at beta 0) on sampled positives, both summed and divided

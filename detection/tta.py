@@ -15,10 +15,11 @@ that needs a model trained that way. We merge the detections of all scales inste
 ``TEST.BBOX_AUG`` practice), which works with any trained model.
 
 The detector is used through its public sub-modules (``preprocess``, ``trunk``, ``rpn``, ``roi_heads.predict``,
-``roi_heads.box_coder``); nothing in it is modified.
+``roi_heads.class_boxes``) and the model's own candidate selection (:func:`detection.roi_heads.select_detections`,
+which also hands back the candidates box voting needs); nothing in it is modified.
 
-Shape shorthand: N images, R RoIs of one image, K foreground classes, M candidates (R x passes x (1 + refine)),
-D detections kept, H0 x W0 original image, H x W resized image.
+Shape shorthand: N images, Ri RoIs of image i (R of all images), K foreground classes, M candidates of one image
+(Ri x passes x (1 + refine)), D detections kept, H0 x W0 original image, H x W resized image.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
-from .boxes import clip_boxes, nonempty
+from resbackbone.errors import ConfigError
+
+from .boxes import cat_per_image, clip_boxes
 from .data.transforms import resize_scale
-from .roi_heads import MIN_DETECTION_SIZE
+from .roi_heads import select_detections
 
 # The paper's multi-scale pyramid (shorter sides, pixels).
 PAPER_SCALES = (200, 400, 600, 800, 1000)
@@ -72,7 +74,7 @@ def parse_tta(spec: str | None, *, scales: Sequence[int] = PAPER_SCALES) -> TTAO
     names = [s.strip() for s in (spec or "").split(",") if s.strip()]
     unknown = sorted(set(names) - set(TTA_NAMES))
     if unknown:
-        raise ValueError(f"unknown --tta item(s) {unknown}: choose from {list(TTA_NAMES)}")
+        raise ConfigError(f"unknown --tta item(s) {unknown}: choose from {list(TTA_NAMES)}")
     return TTAOptions(
         flip="flip" in names,
         scales=tuple(int(s) for s in scales) if "multiscale" in names else (),
@@ -96,24 +98,6 @@ def resize_for_test(image: np.ndarray, min_size: int, max_size: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-def _class_boxes(
-    heads: nn.Module, logits: Tensor, deltas: Tensor, rois: list[Tensor], sizes: Tensor
-) -> tuple[list[Tensor], list[Tensor]]:
-    """Per image: class-specific boxes ``(Ri, K, 4)`` clipped to the input image and foreground probabilities
-    ``(Ri, K)`` (the same decode as ``RoIHeads.postprocess``, before thresholds and NMS)."""
-    k = heads.num_classes
-    counts = [r.shape[0] for r in rois]
-    ref = torch.cat(rois) if rois else logits.new_zeros(0, 4)
-    probs = F.softmax(logits.float(), dim=1)[:, :k]  # (R, K+1) -> (R, K)
-    boxes = heads.box_coder.decode(deltas, ref).view(-1, k, 4)  # (R, 4K) -> (R, K, 4)
-    out_boxes, out_probs = [], []
-    for i, (b, p) in enumerate(zip(boxes.split(counts), probs.split(counts))):
-        h, w = sizes[i].tolist()
-        out_boxes.append(clip_boxes(b, float(h), float(w)))
-        out_probs.append(p)
-    return out_boxes, out_probs
-
-
 @torch.no_grad()
 def candidates(model: nn.Module, images: Sequence[Tensor], *, refine: bool) -> tuple[list[Tensor], list[Tensor],
                                                                                      Tensor]:
@@ -130,18 +114,21 @@ def candidates(model: nn.Module, images: Sequence[Tensor], *, refine: bool) -> t
     features = model.trunk(batch)
     proposals, _, _ = model.rpn(features, sizes)
     heads = model.roi_heads
+    counts = [p.shape[0] for p in proposals]
+    rois, image_index = cat_per_image(proposals)  # (R, 4), (R,)
+    roi_sizes = sizes[image_index]  # (R, 2)
     logits, deltas = heads.predict(features, proposals)
-    boxes, probs = _class_boxes(heads, logits, deltas, proposals, sizes)
+    boxes, probs = heads.class_boxes(logits, deltas, rois, roi_sizes)  # (R, K, 4), (R, K)
+    out_boxes, out_probs = list(boxes.split(counts)), list(probs.split(counts))  # per image (Ri, K, 4), (Ri, K)
     if refine:
         # Appendix B: "we take the predicted boxes ... pool features again from these, obtain new classification
         # scores and new regressed boxes" - one box per RoI, the one of its most likely foreground class.
-        firsts = [b[torch.arange(b.shape[0], device=b.device), p.argmax(1)] if b.shape[0] else b.new_zeros(0, 4)
-                  for b, p in zip(boxes, probs)]  # (Ri, 4)
-        logits2, deltas2 = heads.predict(features, firsts)
-        boxes2, probs2 = _class_boxes(heads, logits2, deltas2, firsts, sizes)
-        boxes = [torch.cat(pair) for pair in zip(boxes, boxes2)]
-        probs = [torch.cat(pair) for pair in zip(probs, probs2)]
-    return boxes, probs, sizes
+        firsts = boxes[torch.arange(boxes.shape[0], device=boxes.device), probs.argmax(1)]  # (R, 4)
+        logits2, deltas2 = heads.predict(features, list(firsts.split(counts)))
+        boxes2, probs2 = heads.class_boxes(logits2, deltas2, firsts, roi_sizes)
+        out_boxes = [torch.cat(pair) for pair in zip(out_boxes, boxes2.split(counts))]  # (2 Ri, K, 4)
+        out_probs = [torch.cat(pair) for pair in zip(out_probs, probs2.split(counts))]
+    return out_boxes, out_probs, sizes
 
 
 def box_voting(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
@@ -174,15 +161,19 @@ def merge_candidates(
 ) -> dict[str, Tensor]:
     """Threshold, per-class NMS, optional box voting, top detections: ``(M, K, 4)``, ``(M, K)`` -> detections
     ``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}`` by descending score."""
-    k = scores.shape[1]
-    cls = torch.arange(k, device=scores.device).expand_as(scores)  # (M, K)
-    keep = (scores > score_thresh) & nonempty(boxes, MIN_DETECTION_SIZE)
-    b, s, c = boxes[keep], scores[keep], cls[keep]
-    kept = batched_nms(b, s, c, nms_thresh)[:detections_per_image]  # descending score
-    out_boxes = b[kept]
+    cands, kept = select_detections(
+        boxes,
+        scores,
+        image_index=None,
+        num_images=1,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_image=detections_per_image,
+    )
+    out_boxes = cands.boxes[kept]
     if voting_iou is not None:
-        out_boxes = box_voting(out_boxes, c[kept], b, s, c, voting_iou)
-    return {"boxes": out_boxes, "scores": s[kept], "labels": c[kept]}
+        out_boxes = box_voting(out_boxes, cands.labels[kept], cands.boxes, cands.scores, cands.labels, voting_iou)
+    return {"boxes": out_boxes, "scores": cands.scores[kept], "labels": cands.labels[kept]}
 
 
 @torch.no_grad()
@@ -217,9 +208,9 @@ def predict_tta(
         resized = [resize_for_test(im, s, cap).to(device) for im in images]
         for flipped in (False, True) if options.flip else (False,):
             inputs = [im.flip(-1) for im in resized] if flipped else resized
-            boxes, scores, sizes = candidates(model, inputs, refine=options.refine)
+            boxes, scores, _ = candidates(model, inputs, refine=options.refine)
             for i, (b, sc) in enumerate(zip(boxes, scores)):
-                h, w = sizes[i].tolist()
+                h, w = inputs[i].shape[1:]  # the sizes candidates reports, known on the host
                 if flipped:  # x -> W - x, and x1 / x2 swap
                     b = torch.stack((w - b[..., 2], b[..., 1], w - b[..., 0], b[..., 3]), dim=-1)
                 h0, w0 = orig_sizes[i]

@@ -1,11 +1,14 @@
 """resbackbone: the ResNets of He et al. 2016 ("Deep Residual Learning for Image Recognition").
 
-Depends on torch and torchvision only (timm optional, for weight conversion).
+``import resbackbone`` loads torch and torchvision only. The training infrastructure (:mod:`resbackbone.engine`)
+and the classification trainer (:mod:`resbackbone.classification`) are subpackages imported on demand; they
+need the project's other dependencies (pyyaml, accelerate, timm, cv2, tqdm, tensorboard).
 """
 
 from .blocks import BasicBlock, Bottleneck, Stem, ZeroPadShortcut, make_stage
 from .cifar import CIFAR_DEPTHS, CifarResNet, cifar_plain, cifar_resnet
-from .frozen_bn import FrozenBatchNorm2d, convert_frozen_batchnorm, freeze_module
+from .errors import CheckpointError, ConfigError, DataError, InputError, WeightsError, WeightsNotFoundError
+from .frozen_bn import FrozenBatchNorm2d, convert_frozen_batchnorm, fold_batchnorm, freeze_module
 from .pixels import MSRA_PIXELS, TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
 from .resnet import (
     RESNET_SPECS,
@@ -26,10 +29,9 @@ from .resnet import (
     resnet152,
 )
 from .weights import (
-    WeightsError,
     WeightsInfo,
-    WeightsNotFoundError,
     convert_state_dict,
+    load_converted,
     load_pretrained,
     pretrained_state_dict,
     save_backbone_weights,
@@ -37,6 +39,12 @@ from .weights import (
 
 __all__ = [
     "CIFAR_DEPTHS",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "InputError",
+    "fold_batchnorm",
+    "load_converted",
     "CifarResNet",
     "WeightsError",
     "WeightsInfo",

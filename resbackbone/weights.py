@@ -12,10 +12,10 @@ than executed.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .errors import WeightsError, WeightsNotFoundError
 from .pixels import MSRA_PIXELS, TORCHVISION_PIXELS, PixelSpec
+from .serialization import atomic_torch_save, safe_unpickle
 
 Source = Literal["torchvision", "timm", "msra", "resbackbone"]
 NATIVE_FORMAT = "resbackbone"
@@ -36,14 +38,8 @@ FROZEN_BN_EPS = 1e-5
 ENV_OFFLINE = "RESDET_OFFLINE"
 MSRA_URL = "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/MSRA/R-{depth}.pkl"
 TIMM_DEFAULT_TAG = "a1_in1k"
-
-
-class WeightsError(ValueError):
-    """Weights that do not fit: the message names the keys."""
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """A named weight set is neither cached nor downloadable; the message says where to put the file."""
+# Seconds a download may stall before it counts as offline.
+DOWNLOAD_TIMEOUT_S = 20
 
 
 @dataclass(frozen=True)
@@ -144,7 +140,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], source: Source, *, depth: 
     elif source == NATIVE_FORMAT:
         out = {k: torch.as_tensor(v) for k, v in state_dict.items()}
     else:
-        raise ValueError(f"unknown weights source {source!r}; expected torchvision, timm, msra or resbackbone")
+        raise WeightsError(f"unknown weights source {source!r}; expected torchvision, timm, msra or resbackbone")
     if depth is not None:
         check_state_dict(out, depth)
     return out
@@ -184,33 +180,12 @@ def check_state_dict(state: Mapping[str, Tensor], depth: int, *, allow_missing_f
 # --------------------------------------------------------------------------------------------- safe reading
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what numpy arrays, dicts, lists, strings and numbers need."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),  # protocol-2 pickles of bytes written by Python 2
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name} (only numpy arrays allowed)")
-
-
 def safe_load_pickle(path: str | Path) -> Any:
     """Unpickle a weights pickle (e.g. Detectron's R-50.pkl) admitting only numpy/builtin data."""
-    data = Path(path).read_bytes()
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        raise WeightsError(f"{path}: {e}") from e
+        return safe_unpickle(path)
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise WeightsError(f"{path}: {e or type(e).__name__}") from e
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -241,7 +216,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Any], Source, dict[st
     """``(raw state dict, detected source, meta)`` of a local file, never unpickling code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise WeightsNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".pkl":
         obj = safe_load_pickle(path)
     elif path.suffix == ".safetensors":
@@ -253,6 +228,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Any], Source, dict[st
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             raise WeightsError(f"{path}: refused by torch.load(weights_only=True): {e}") from e
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line naming it
+            raise WeightsError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from e
     state, meta = _unwrap(obj, path)
     return state, detect_source(state), meta
 
@@ -265,7 +242,7 @@ def _torchvision_url(depth: int, tag: str) -> str:
 
     enum = getattr(tvm, f"ResNet{depth}_Weights")
     if not hasattr(enum, tag):
-        raise ValueError(f"torchvision has no {tag} weights for ResNet-{depth} (have {[w.name for w in enum]})")
+        raise WeightsError(f"torchvision has no {tag} weights for ResNet-{depth} (have {[w.name for w in enum]})")
     return getattr(enum, tag).url
 
 
@@ -289,15 +266,11 @@ def _fetch(url: str, dest: Path, what: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
     os.close(fd)
     try:
-        import socket
         import urllib.request
 
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(20)
-        try:
-            urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed https URLs of the model zoos
-        finally:
-            socket.setdefaulttimeout(old)
+        # A per-request timeout: the process-wide socket default stays what the caller set.
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as f:  # noqa: S310
+            shutil.copyfileobj(response, f)
         os.replace(tmp, dest)
     except Exception as e:  # noqa: BLE001 - any network failure becomes the one clear message
         raise WeightsNotFoundError(f"{hint} ({type(e).__name__}: {e})") from None
@@ -347,12 +320,12 @@ def resolve_weights(weights: str, depth: int) -> tuple[Path, str, str]:
         return path, "timm", str(path)
     if weights == "msra":
         if depth not in (50, 101, 152):
-            raise ValueError(f"MSRA caffe weights exist for ResNet-50/101/152, not ResNet-{depth}")
+            raise WeightsError(f"MSRA caffe weights exist for ResNet-50/101/152, not ResNet-{depth}")
         url = MSRA_URL.format(depth=depth)
         return _fetch(url, _cache_dir() / f"MSRA-R-{depth}.pkl", f"MSRA caffe ResNet-{depth}"), "msra", url
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"weights {weights!r}: not a named set (torchvision, torchvision:<TAG>, timm, timm:<tag>, msra) and "
             f"no such file"
         )
@@ -385,11 +358,20 @@ def load_pretrained(model: nn.Module, weights: str) -> WeightsInfo:
     Every parameter and buffer of the model must be covered; the model's ``stride_in_1x1`` must be what the
     weights need; the model then normalizes inputs with the weights' pixel spec.
     """
-    depth = int(model.depth)
-    state, info = pretrained_state_dict(weights, depth)
+    state, info = pretrained_state_dict(weights, int(model.depth))
+    load_converted(model, state, info, what=weights)
+    return info
+
+
+def load_converted(model: nn.Module, state: Mapping[str, Tensor], info: WeightsInfo, *, what: str = "weights") -> None:
+    """Load already converted weights (our key names, :func:`pretrained_state_dict`) into one of our ResNets.
+
+    The checks of :func:`load_pretrained`: ``stride_in_1x1`` must match, every parameter and buffer of the built
+    stages must be covered, the fc is loaded only when its shape fits. ``what`` names the weights in errors.
+    """
     if bool(getattr(model, "stride_in_1x1", False)) != info.stride_in_1x1:
         raise WeightsError(
-            f"{weights} needs stride_in_1x1={info.stride_in_1x1} but the model was built with "
+            f"{what} needs stride_in_1x1={info.stride_in_1x1} but the model was built with "
             f"stride_in_1x1={getattr(model, 'stride_in_1x1', False)}"
         )
     own = model.state_dict()
@@ -399,11 +381,10 @@ def load_pretrained(model: nn.Module, weights: str) -> WeightsInfo:
     missing = sorted(k for k in own if k not in wanted and not k.endswith("num_batches_tracked")
                      and not (k.startswith("fc.") and not fc_fits))
     if missing:
-        raise WeightsError(f"{weights} does not cover the model: missing {missing[:8]}")
+        raise WeightsError(f"{what} does not cover the model: missing {missing[:8]}")
     model.load_state_dict(wanted, strict=False)
     if hasattr(model, "set_pixel_spec"):
         model.set_pixel_spec(info.pixel_spec)
-    return info
 
 
 def save_backbone_weights(
@@ -416,8 +397,6 @@ def save_backbone_weights(
     extra_meta: Mapping[str, Any] | None = None,
 ) -> None:
     """Write our native weights file (plain tensors + plain meta; ``torch.load(weights_only=True)`` reads it)."""
-    from .training import atomic_torch_save
-
     meta = {
         "depth": depth,
         "pixel_mean": list(pixel_spec.mean),

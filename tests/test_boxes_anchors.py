@@ -11,7 +11,14 @@ from torchvision.ops import box_iou
 
 from detection.anchors import AnchorGenerator, base_anchors
 from detection.box_coder import BBOX_XFORM_CLIP, BoxCoder
-from detection.boxes import batched_pairwise_iou, clip_boxes, pad_boxes
+from detection.boxes import (
+    batched_pairwise_iou,
+    cat_per_image,
+    clip_boxes,
+    pad_boxes,
+    split_by_image,
+    topk_per_image,
+)
 from detection.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from detection.sampler import sample_balanced
 
@@ -115,6 +122,27 @@ def test_matcher_matches_torchvision(low_quality: bool) -> None:
         assert torch.equal(matched[i][ref >= 0], ref[ref >= 0])
     # The tiny box (sub-anchor) still gets at least one positive anchor through the low-quality rule.
     assert (labels[1] == POSITIVE).any() == low_quality
+
+
+@pytest.mark.parametrize("k", [1, 3, 100])
+def test_topk_per_image_equals_a_per_image_loop(k: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 4
+    kept = torch.randperm(50, generator=g)[:40]  # NMS survivors by descending score (any indices)
+    image_index = torch.randint(0, n - 1, (40,), generator=g)  # the last image has nothing left
+    expect = torch.cat([kept[image_index == i][:k] for i in range(n)])
+    assert torch.equal(topk_per_image(kept, image_index, n, k), expect)
+    # One image (the ONNX path): a plain slice.
+    assert torch.equal(topk_per_image(kept, torch.zeros_like(kept), 1, k), kept[:k])
+
+
+def test_cat_and_split_by_image_round_trip() -> None:
+    boxes = [_random_boxes(3, seed=1), torch.zeros(0, 4), _random_boxes(2, seed=2)]
+    flat, index = cat_per_image(boxes)
+    assert flat.shape == (5, 4) and index.tolist() == [0, 0, 0, 2, 2]
+    back, rows = split_by_image(index, 3, flat, torch.arange(5))
+    assert [b.shape[0] for b in back] == [3, 0, 2] and all(torch.equal(a, b) for a, b in zip(back, boxes))
+    assert [r.tolist() for r in rows] == [[0, 1, 2], [], [3, 4]]
 
 
 def test_matcher_without_ground_truth_is_all_negative() -> None:

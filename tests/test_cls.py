@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from resbackbone.classification import ClassificationTrainer, ClsConfig, ten_crop_predict
-from resbackbone.classification.data import ClsDataError, FolderDataset, load_cifar10
-from resbackbone.config import from_dict
+from resbackbone.classification.data import FolderDataset, load_cifar10
+from resbackbone.engine.config import from_dict
+from resbackbone.errors import DataError as ClsDataError
 
 
 def _write_cifar(root: Path, n_per_batch: int = 20) -> None:
@@ -99,9 +100,9 @@ def _tiny(tmp_path: Path, **solver: object) -> ClsConfig:
         # 16 px images of 4 shape classes: seconds on a CPU.
         "data": {"dataset": "synthetic", "synthetic_per_class": 100, "synthetic_classes": 4, "num_workers": 0,
                  "crop_size": 16, "pad": 2},
-        "solver": {"batch_size": 50, "epochs": 10, "base_lr": 0.1, "steps": [60], "checkpoint_period": 5,
+        "solver": {"ims_per_batch": 50, "epochs": 10, "base_lr": 0.1, "steps": [60], "checkpoint_period": 5,
                    **solver},
-        "test": {"batch_size": 200},
+        "test": {"ims_per_batch": 200},
         "output_dir": str(tmp_path),
     })
 

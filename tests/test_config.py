@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from detection.config import DetectionConfig, load_detection_config
-from resbackbone.config import ConfigError, load_config, parse_overrides, save_config, to_dict
+from resbackbone.engine.config import load_config, parse_overrides, save_config, to_dict
+from resbackbone.errors import ConfigError
 
 
 def test_defaults_roundtrip_through_yaml(tmp_path: Path) -> None:

@@ -201,9 +201,9 @@ def test_data_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.delenv("RESDET_DATA_ROOT")
     assert get_data_root() == Path(__file__).resolve().parents[1] / "datasets"
     # Installed into site-packages (no checkout around the package): ./datasets of the working directory.
-    import resbackbone.training as training
+    import resbackbone.engine.paths as paths
 
-    monkeypatch.setattr(training, "REPO_DATASETS", None)
+    monkeypatch.setattr(paths, "checkout_datasets_dir", lambda: None)
     monkeypatch.chdir(tmp_path)
     assert get_data_root() == tmp_path / "datasets"
 

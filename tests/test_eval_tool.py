@@ -184,8 +184,8 @@ def test_run_inference_single_and_sharded(voc_root: Path, monkeypatch: pytest.Mo
 
 
 def test_checkpoint_path_with_a_tiny_real_detector(voc_root: Path, tmp_path: Path) -> None:
+    from detection.checkpoint import detector_payload
     from detection.config import load_detection_config
-    from detection.engine import detector_payload
     from detection.faster_rcnn import build_faster_rcnn
 
     cfg = load_detection_config(REPO / "configs" / "det" / "synthetic_r18_c4.yaml", ["model.num_classes=20"])

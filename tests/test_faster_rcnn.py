@@ -284,6 +284,7 @@ def test_pretrained_weights_load_into_trunk_and_res5(monkeypatch: pytest.MonkeyP
 
     from torchvision.ops import FrozenBatchNorm2d
 
+    import resbackbone.weights as real_weights
     from resbackbone.pixels import PixelSpec
     from resbackbone.resnet import ResNet
 
@@ -298,6 +299,7 @@ def test_pretrained_weights_load_into_trunk_and_res5(monkeypatch: pytest.MonkeyP
 
     fake = types.ModuleType("resbackbone.weights")
     fake.pretrained_state_dict = pretrained_state_dict  # type: ignore[attr-defined]
+    fake.load_converted = real_weights.load_converted  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "resbackbone.weights", fake)
     cfg = tiny_config(freeze_at=2)
     cfg.backbone.weights = "some-weights.pth"

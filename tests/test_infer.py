@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import load_script
 
+from detection.checkpoint import detector_payload
 from detection.config import DetectionConfig, load_detection_config
-from detection.engine import detector_payload
 from detection.faster_rcnn import FasterRCNN, build_faster_rcnn
-from detection.inference import Predictor, list_images
+from detection.predictor import Predictor, list_images
 from detection.tta import TTAOptions, box_voting, candidates, parse_tta, predict_tta, resize_for_test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,7 +239,7 @@ def test_fold_batchnorm_keeps_detections(norm: str) -> None:
     from torch import nn
     from torchvision.ops import FrozenBatchNorm2d
 
-    from detection.inference import fold_batchnorm
+    from resbackbone.frozen_bn import fold_batchnorm
 
     cfg = load_detection_config(None, [*TINY, f"model.backbone.norm={norm}"])
     torch.manual_seed(1)

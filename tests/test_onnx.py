@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import load_script
 
+from detection.checkpoint import detector_payload
 from detection.config import DetectionConfig, load_detection_config
-from detection.engine import detector_payload
+from detection.export import ExportableDetector
 from detection.faster_rcnn import FasterRCNN, build_faster_rcnn
 
 ort = pytest.importorskip("onnxruntime")
@@ -90,6 +91,17 @@ def test_detector_onnx_matches_pytorch(tmp_path: Path, checkpoint: Path, model: 
         np.testing.assert_array_equal(got[2], exp[2])
         counts.append(len(boxes))
     assert model.roi_heads.detections_per_image >= max(counts)
+
+
+def test_export_wrapper_is_the_model_forward(model: FasterRCNN) -> None:
+    """The wrapper that gets traced runs the model's own RPN / RoI-head steps: identical detections in eager mode."""
+    for image in _images(H, W):
+        with torch.inference_mode():
+            ref = model([image])[0]
+            boxes, scores, labels = ExportableDetector(model).eval()(image[None])
+        assert len(boxes) > 0
+        assert torch.equal(boxes, ref["boxes"]) and torch.equal(scores, ref["scores"])
+        assert torch.equal(labels, ref["labels"])
 
 
 def test_backbone_onnx_matches_pytorch_at_other_sizes(tmp_path: Path, checkpoint: Path, model: FasterRCNN) -> None:

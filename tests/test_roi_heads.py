@@ -3,7 +3,7 @@
 import torch
 
 from detection.backbone import build_res5_head
-from detection.roi_heads import C4BoxHead, FCBoxHead, RoIHeads
+from detection.roi_heads import C4BoxHead, FCBoxHead, RoIHeads, select_detections
 
 K = 3
 
@@ -78,6 +78,25 @@ def test_postprocess_per_class_nms_threshold_and_cap() -> None:
     assert heads.postprocess(probs.log(), torch.zeros(3, 4 * K), boxes, torch.tensor([[128, 128]]))[0][
         "labels"
     ].tolist() == [2, 0]
+
+
+def test_batched_selection_equals_one_image_at_a_time() -> None:
+    """NMS per (image, class) and the per-image cap of a batch are the single-image selection of each image."""
+    g = torch.Generator().manual_seed(0)
+    counts = [30, 0, 25]
+    xy = torch.rand(55, K, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 5 + torch.rand(55, K, 2, generator=g) * 30], dim=-1)  # (R, K, 4)
+    probs = torch.rand(55, K, generator=g)
+    image_index = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    opts = {"score_thresh": 0.3, "nms_thresh": 0.5, "detections_per_image": 8}
+    cands, kept = select_detections(boxes, probs, image_index, 3, **opts)
+    got = [cands.labels[kept][cands.image_index[kept] == i] for i in range(3)]
+    for i, (b, p) in enumerate(zip(boxes.split(counts), probs.split(counts))):
+        one, one_kept = select_detections(b, p, None, 1, **opts)
+        assert torch.equal(got[i], one.labels[one_kept])
+        assert torch.equal(cands.scores[kept][cands.image_index[kept] == i], one.scores[one_kept])
+        assert one_kept.numel() <= 8
+    assert [g.numel() for g in got][1] == 0 and (cands.image_index[kept].diff() >= 0).all()
 
 
 def test_zero_rois_in_training_and_inference() -> None:

@@ -35,6 +35,23 @@ def test_proposals_batched_equal_per_image_and_in_bounds() -> None:
         assert (p[:, 2] > p[:, 0]).all() and (s[:-1] >= s[1:]).all()
 
 
+def test_flat_proposals_are_the_per_image_lists() -> None:
+    """propose_flat (the export path) for one image is RPN.forward's proposals; for a batch, grouped by image."""
+    rpn = _rpn().eval()
+    feats = _feats(3)
+    sizes = torch.tensor([[128, 128], [100, 70], [64, 128]])
+    with torch.no_grad():
+        props, logits, _ = rpn(feats, sizes)
+        anchors, obj, deltas = rpn.predict(feats)
+        boxes, scores, image_index = rpn.propose_flat(anchors, obj, deltas, sizes)
+        one = rpn.propose_flat(*rpn.predict(feats[1:2]), sizes[1:2])
+        alone, alone_logits, _ = rpn(feats[1:2], sizes[1:2])
+    assert anchors.shape == (8 * 8 * 9, 4) and obj.shape == (3, 8 * 8 * 9) and deltas.shape == (3, 8 * 8 * 9, 4)
+    assert torch.equal(boxes, torch.cat(props)) and torch.equal(scores, torch.cat(logits))
+    assert image_index.tolist() == sum(([i] * p.shape[0] for i, p in enumerate(props)), [])
+    assert torch.equal(one[0], alone[0]) and torch.equal(one[1], alone_logits[0]) and not one[2].any()
+
+
 def test_loss_normalization_and_empty_targets() -> None:
     rpn = _rpn(batch_size_per_image=64).train()
     feats = _feats().requires_grad_()

@@ -110,8 +110,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, data_root
 DIST_SCRIPT = r"""
 import json, sys
 import torch
-from detection.config import load_detection_config, apply_linear_scaling
-from detection.engine import Trainer
+from detection.config import load_detection_config
+from detection.train import Trainer
 
 out = sys.argv[1]
 cfg = load_detection_config(sys.argv[2], sys.argv[3:])
@@ -236,7 +236,8 @@ def test_bad_override_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_linear_scaling_rule_and_max_iter_override() -> None:
     sys.path.insert(0, str(REPO / "tools"))
-    from detection.config import SolverConfig, apply_linear_scaling
+    from detection.config import SolverConfig
+    from resbackbone.engine.schedule import apply_linear_scaling
 
     s = apply_linear_scaling(SolverConfig(ims_per_batch=8, reference_ims_per_batch=1, base_lr=0.001,
                                           max_iter=80000, steps=(60000,), warmup_iters=800))
@@ -246,8 +247,8 @@ def test_linear_scaling_rule_and_max_iter_override() -> None:
 
 def test_frozen_bn_from_scratch_is_rejected() -> None:
     from detection.config import load_detection_config
-    from detection.engine import resolve_backbone_flags
-    from resbackbone.config import ConfigError
+    from detection.train import check_config as resolve_backbone_flags
+    from resbackbone.errors import ConfigError
 
     cfg = load_detection_config(None, ["model.backbone.norm=frozen_bn", "model.backbone.weights=none"])
     with pytest.raises(ConfigError, match="frozen_bn needs pretrained weights"):
@@ -256,7 +257,7 @@ def test_frozen_bn_from_scratch_is_rejected() -> None:
 
 def test_seeded_items_are_reproducible(data_root: Path) -> None:
     from detection.data import build_dataset
-    from detection.engine import sample_seed
+    from resbackbone.engine.sampling import sample_seed
 
     ds = build_dataset("synthetic-train", data_root, train=True, min_size=(64, 80, 96), max_size=160,
                        flip_prob=0.5, photometric=True)

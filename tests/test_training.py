@@ -12,18 +12,9 @@ import torch
 from torch import nn
 
 from resbackbone import resnet18
-from resbackbone.training import (
-    CheckpointManager,
-    MetricsWriter,
-    NonFiniteLossError,
-    build_lr_scheduler,
-    build_sgd,
-    capture_rng_state,
-    check_finite,
-    format_eta,
-    lr_factor,
-    restore_rng_state,
-)
+from resbackbone.engine.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from resbackbone.engine.progress import MetricsWriter, NonFiniteLossError, check_finite, format_eta
+from resbackbone.engine.schedule import build_lr_scheduler, build_sgd, lr_factor
 
 
 def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path: Path) -> None:

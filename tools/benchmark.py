@@ -42,22 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _structure_only(cfg: Any) -> Any:
-    """The same model without loading pretrained weights (offline, and speed does not depend on them)."""
-    bb = cfg.model.backbone
-    if bb.weights == "none":
-        return cfg
-    norm = "frozen_bn" if bb.norm == "auto" else bb.norm
-    from detection.faster_rcnn import weights_stride_in_1x1
-
-    try:
-        stride = bb.stride_in_1x1 if bb.stride_in_1x1 is not None else weights_stride_in_1x1(bb.weights, 0)
-    except Exception:  # weights files unavailable: the torchvision layout
-        stride = False
-    new_bb = replace(bb, weights="none", norm=norm, stride_in_1x1=stride)
-    return replace(cfg, model=replace(cfg.model, backbone=new_bb))
-
-
 def _peak_mb(device: Any) -> float:
     import torch
 
@@ -71,24 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from detection.config import load_detection_config
-    from detection.data import build_test_loader, build_train_loader
-    from detection.engine import build_test_dataset, build_train_dataset
+    from detection.data import build_test_dataset, build_test_loader, build_train_dataset, build_train_loader
     from detection.faster_rcnn import build_faster_rcnn
-    from resbackbone.config import ConfigError
+    from resbackbone.errors import InputError
 
     if args.iters < 1 or args.warmup < 0:
         raise SystemExit(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} / {args.warmup}")
     try:
         cfg = load_detection_config(args.config, args.overrides)
-    except ConfigError as e:
+    except InputError as e:
         raise SystemExit(str(e)) from None
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     if args.mode == "inference":
-        ds = build_test_dataset(cfg)
+        ds = build_test_dataset(cfg.data)
         batch = cfg.test.ims_per_batch
         loader: Any = build_test_loader(ds, batch_size=batch, num_workers=cfg.data.num_workers)
     else:
-        ds = build_train_dataset(cfg)
+        ds = build_train_dataset(cfg.data)
         batch = cfg.solver.ims_per_batch
         loader = build_train_loader(ds, batch_size=batch, seed=cfg.seed, num_workers=cfg.data.num_workers,
                                     aspect_grouping=cfg.data.aspect_grouping)
@@ -105,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             images, _ = next(stream)
             return len(images)
     else:
-        # As the trainer does: the number of classes follows the data.
-        model_cfg = replace(_structure_only(cfg).model, num_classes=len(ds.class_names))
-        model = build_faster_rcnn(model_cfg, class_names=ds.class_names).to(device)
+        # As the trainer does: the number of classes follows the data. The architecture alone (weights=None):
+        # speed does not depend on the pretrained weights, and they may not be on this machine.
+        model_cfg = replace(cfg.model, num_classes=len(ds.class_names))
+        model = build_faster_rcnn(model_cfg, class_names=ds.class_names, weights=None).to(device)
         bf16 = cfg.solver.mixed_precision == "bf16" and device.type == "cuda"
         amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         if args.mode == "train":

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             arch = f"cifar_{kind}{depth}"
             out = Path(args.workdir) / arch
             cfg = load_cls_config(None, [f"model.arch={arch}", f"data.dataset={args.dataset}",
-                                         f"solver.epochs={args.epochs}", f"solver.batch_size={args.batch_size}",
+                                         f"solver.epochs={args.epochs}", f"solver.ims_per_batch={args.batch_size}",
                                          f"output_dir={out}", *([f"data.root={args.data_root}"] if args.data_root
                                                                 else []), *args.overrides])
             result = ClassificationTrainer(cfg, cpu=args.cpu, progress=False).train()

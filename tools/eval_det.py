@@ -31,11 +31,12 @@ from detection.evaluation import (  # noqa: E402
     VOCEvaluator,
     build_evaluator,
     evaluate_coco_results,
+    evaluate_detector,
     format_metrics,
     load_results_json,
     read_devkit_results,
-    run_inference,
 )
+from resbackbone.errors import ConfigError, DataError, InputError  # noqa: E402
 
 logger = logging.getLogger("eval_det")
 
@@ -73,9 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_outputs(args: argparse.Namespace, evaluator: Any) -> None:
     """Fail before any long run when an asked-for output does not fit the metric."""
     if isinstance(evaluator, COCOEvaluator) and (args.write_devkit or args.pr_curves):
-        raise ValueError("--write-devkit / --pr-curves need a VOC metric (--metric voc07 or voc)")
+        raise ConfigError("--write-devkit / --pr-curves need a VOC metric (--metric voc07 or voc)")
     if isinstance(evaluator, VOCEvaluator) and args.write_coco_json:
-        raise ValueError("--write-coco-json needs --metric coco")
+        raise ConfigError("--write-coco-json needs --metric coco")
 
 
 def _build_dataset(name: str, args: argparse.Namespace, **sizes: int) -> Any:
@@ -97,37 +98,29 @@ def _score_results(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             evaluator.add({"index": i, "image_id": ids[i]}, det)
     elif path.suffix == ".json":
         if not isinstance(evaluator, COCOEvaluator):
-            raise ValueError(f"{path}: a COCO results file is scored with --metric coco")
+            raise ConfigError(f"{path}: a COCO results file is scored with --metric coco")
         for r in load_results_json(path):
             evaluator.results.setdefault(int(r["image_id"]), []).append(r)
     else:
-        raise FileNotFoundError(f"--results {path}: neither a directory of devkit files nor a .json file")
+        raise DataError(f"--results {path}: neither a directory of devkit files nor a .json file")
     return evaluator.evaluate(), evaluator
 
 
 def _run_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from accelerate import Accelerator
 
-    from detection.data import build_test_loader
-    from detection.engine import load_detector_for_eval
+    from detection.checkpoint import load_detector
 
     accelerator = Accelerator(cpu=args.cpu)
-    ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    model, class_names, min_size, max_size, trained_for = load_detector_for_eval(str(ckpt), accelerator.device)
-    name = args.dataset or trained_for
+    model, cfg, _ = load_detector(args.checkpoint, accelerator.device)
+    name = args.dataset or cfg.data.test
     if not name:
-        raise ValueError(f"{ckpt}: records no test dataset; pass --dataset")
-    dataset = _build_dataset(name, args, min_size=min_size, max_size=max_size)
-    if class_names and list(class_names) != list(dataset.class_names):
-        raise ValueError(f"{ckpt}: classes {list(class_names)[:5]}... do not match dataset {name!r} "
-                         f"{list(dataset.class_names)[:5]}...")
+        raise ConfigError(f"{args.checkpoint}: records no test dataset; pass --dataset")
+    dataset = _build_dataset(name, args, min_size=cfg.data.min_size_test, max_size=cfg.data.max_size_test)
     evaluator = build_evaluator(dataset, args.metric)
     _check_outputs(args, evaluator)
-    loader = build_test_loader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                               num_replicas=accelerator.num_processes, rank=accelerator.process_index)
-    metrics = run_inference(model, loader, evaluator, accelerator=accelerator, progress=not args.no_progress)
+    metrics = evaluate_detector(model, dataset, evaluator=evaluator, batch_size=args.batch_size,
+                                num_workers=args.num_workers, accelerator=accelerator, progress=not args.no_progress)
     return metrics, evaluator if accelerator.is_main_process else None
 
 
@@ -155,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             from detection.visualize import save_pr_curves
 
             logger.info("wrote %s", save_pr_curves(evaluator.pr_curves(), args.pr_curves))
-    except (OSError, ValueError, KeyError) as e:
+    except InputError as e:
+        # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
         print(f"eval_det: error: {e}", file=sys.stderr)
         return 2
     print(format_metrics(metrics))

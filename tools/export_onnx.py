@@ -48,8 +48,8 @@ def export(checkpoint: str | Path, output: str | Path, *, backbone_only: bool = 
     """Write the ONNX file; returns its path and the (H, W) it was traced at."""
     import torch
 
-    from detection.engine import load_detector
-    from detection.inference import ExportableBackbone, ExportableDetector
+    from detection.checkpoint import load_detector
+    from detection.export import ExportableBackbone, ExportableDetector
 
     model, cfg, _ = load_detector(checkpoint, "cpu")
     if size is None:
@@ -82,8 +82,8 @@ def check(checkpoint: str | Path, onnx_path: str | Path, size: tuple[int, int], 
     import onnxruntime as ort
     import torch
 
-    from detection.engine import load_detector
-    from detection.inference import ExportableBackbone, ExportableDetector
+    from detection.checkpoint import load_detector
+    from detection.export import ExportableBackbone, ExportableDetector
 
     model, _, _ = load_detector(checkpoint, "cpu")
     module = ExportableBackbone(model) if backbone_only else ExportableDetector(model)

@@ -60,22 +60,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import cv2
-    from tqdm import tqdm
-
-    from detection.inference import Predictor, choose_device, detections_to_json, list_images
+    from detection.predictor import list_images
     from detection.tta import PAPER_SCALES, parse_tta
-    from detection.visualize import draw_detections
+    from resbackbone.errors import InputError
 
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+    # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
     try:
         tta = parse_tta(args.tta, scales=args.scales or PAPER_SCALES)
-        files = list_images(args.input) if args.input else []
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(str(e)) from None
-    if args.eval_dataset:
-        return evaluate(args, tta)
+        if args.eval_dataset:
+            return evaluate(args, tta)
+        files = list_images(args.input)
+        return predict(args, tta, files)
+    except InputError as e:
+        raise SystemExit(f"infer: error: {e}") from None
+
+
+def predict(args: argparse.Namespace, tta: TTAOptions, files: list[Path]) -> int:
+    """Drawn detections and JSON files for ``files``."""
+    import cv2
+    from tqdm import tqdm
+
+    from detection.predictor import Predictor, choose_device, detections_to_json
+    from detection.visualize import draw_detections
+
     predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu),
                                           score_thresh=args.score_thresh, tta=tta,
                                           fuse_bn=args.fuse_bn)
@@ -112,32 +121,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(args: argparse.Namespace, tta: TTAOptions) -> int:
     """Predict over a test set with the chosen TTA and score it with the dataset's evaluator."""
-    import time
-
     from tqdm import tqdm
 
     from detection.data import build_dataset
-    from detection.evaluation import build_evaluator, format_metrics
-    from detection.inference import Predictor, choose_device
+    from detection.evaluation import build_evaluator, check_classes, format_metrics, score_predictions
+    from detection.predictor import Predictor, choose_device
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu), tta=tta)
     ds = build_dataset(args.eval_dataset, args.data_root, train=False, min_size=predictor.min_size,
                        max_size=predictor.max_size)
-    if list(ds.class_names) != predictor.class_names:
-        raise SystemExit(f"{args.eval_dataset}: classes {list(ds.class_names)} differ from the checkpoint's "
-                         f"{predictor.class_names}")
-    evaluator = build_evaluator(ds)
-    evaluator.reset()
+    check_classes(predictor.class_names, ds, what=args.checkpoint)
     records = ds.records
-    start = time.perf_counter()
+    # The predictor decodes the original files itself (TTA resizes them per scale); the evaluator gets the same
+    # targets the test loader would give.
     results = predictor.predict_files([r.file for r in records], args.batch_size)
-    for i, (_, image, det) in enumerate(tqdm(results, total=len(records), desc="eval", dynamic_ncols=True)):
-        evaluator.add({"index": i, "image_id": records[i].image_id,
-                       "orig_size": (int(image.shape[0]), int(image.shape[1]))}, det)
-    seconds = time.perf_counter() - start
-    metrics = evaluator.evaluate()
-    metrics.update(num_images=len(records), seconds=seconds, ms_per_image=1000 * seconds / max(len(records), 1),
-                   tta=args.tta or "off")
+    pairs = (({"index": i, "image_id": records[i].image_id, "orig_size": (int(image.shape[0]), int(image.shape[1]))},
+              det) for i, (_, image, det) in enumerate(tqdm(results, total=len(records), desc="eval",
+                                                          dynamic_ncols=True)))
+    metrics = score_predictions(pairs, build_evaluator(ds))
+    metrics["tta"] = args.tta or "off"
     print(format_metrics(metrics))
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,9 @@ import sys
 from dataclasses import replace
 
 from resbackbone.classification import ClassificationTrainer, load_cls_config
-from resbackbone.config import ConfigError
-from resbackbone.training import CheckpointManager, NonFiniteLossError
+from resbackbone.engine.progress import NonFiniteLossError
+from resbackbone.engine.schedule import rescale_schedule
+from resbackbone.errors import InputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", help="resnet18..152, plain18..152, cifar_resnet20..1202, cifar_plain20..1202")
     p.add_argument("--output-dir")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--max-iter", type=int)
+    p.add_argument("--max-iter", type=int, help="iterations; the lr steps keep their relative positions")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--checkpoint", help="checkpoint for --eval-only")
@@ -41,37 +42,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
+    if args.eval_only and not args.checkpoint:
+        print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
+        return 2
+    # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
     try:
         cfg = load_cls_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    data, model, solver = cfg.data, cfg.model, cfg.solver
-    if args.dataset:
-        data = replace(data, dataset=args.dataset)
-    if args.data_root:
-        data = replace(data, root=args.data_root)
-    if args.arch:
-        model = replace(model, arch=args.arch)
-    if args.epochs is not None:
-        solver = replace(solver, epochs=args.epochs, max_iter=0)
-    if args.max_iter is not None:
-        solver = replace(solver, max_iter=args.max_iter)
-    cfg = replace(cfg, data=data, model=model, solver=solver)
-    if args.output_dir:
-        cfg = replace(cfg, output_dir=args.output_dir)
-    try:
+        data, model, solver = cfg.data, cfg.model, cfg.solver
+        if args.dataset:
+            data = replace(data, dataset=args.dataset)
+        if args.data_root:
+            data = replace(data, root=args.data_root)
+        if args.arch:
+            model = replace(model, arch=args.arch)
+        if args.epochs is not None:
+            solver = replace(solver, epochs=args.epochs, max_iter=0)
+        if args.max_iter is not None:
+            solver = rescale_schedule(solver, args.max_iter)
+        cfg = replace(cfg, data=data, model=model, solver=solver)
+        if args.output_dir:
+            cfg = replace(cfg, output_dir=args.output_dir)
         trainer = ClassificationTrainer(cfg, cpu=args.cpu, resume=args.resume, progress=not args.no_progress)
         if args.eval_only:
-            if not args.checkpoint:
-                print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
-                return 2
-            ckpt = CheckpointManager.load(args.checkpoint)
-            trainer.accelerator.unwrap_model(trainer.model).load_state_dict(ckpt["model"])
+            trainer.load_weights(args.checkpoint)
             result = trainer.final_evaluation()
         else:
             result = trainer.train()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

@@ -27,31 +27,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from detection.backbone import RESNET_NAMES  # noqa: E402
-from detection.config import DetectionConfig, apply_linear_scaling, load_detection_config  # noqa: E402
-from resbackbone.config import ConfigError  # noqa: E402
-from resbackbone.training import NonFiniteLossError  # noqa: E402
+from detection.config import (  # noqa: E402
+    DEFAULT_TEST_SETS,
+    DetectionConfig,
+    default_config_name,
+    load_detection_config,
+)
+from resbackbone.engine.progress import NonFiniteLossError  # noqa: E402
+from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule  # noqa: E402
+from resbackbone.errors import InputError  # noqa: E402
 
-# Dataset name -> the config a bare ``--dataset NAME`` uses (the paper's setting for that data).
-DEFAULT_CONFIGS = {
-    "synthetic": "configs/det/synthetic_r18_c4.yaml",
-    "voc07+12": "configs/det/voc07+12_c4.yaml",
-    "voc07++12": "configs/det/voc07++12_c4.yaml",
-    "voc": "configs/det/voc07+12_c4.yaml",
-    "coco": "configs/det/coco_c4_paper.yaml",
-}
-
-
-def default_config_for(dataset: str | None) -> Path:
-    name = dataset or "synthetic-train"
-    if name in DEFAULT_CONFIGS:
-        key = name
-    elif name.startswith("synthetic"):
-        key = "synthetic"
-    elif name.startswith("coco"):
-        key = "coco"
-    else:
-        key = "voc"
-    return REPO / DEFAULT_CONFIGS[key]
+CONFIG_DIR = REPO / "configs" / "det"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,14 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> DetectionConfig:
-    """Config file <- overrides <- dedicated flags, then the linear lr scaling rule."""
-    path = Path(args.config) if args.config else default_config_for(args.dataset)
+    """Config file <- overrides <- dedicated flags, then the linear lr scaling rule and ``--max-iter``."""
+    path = Path(args.config) if args.config else CONFIG_DIR / default_config_name(args.dataset)
     cfg = load_detection_config(path, args.overrides)
     data = cfg.data
     if args.dataset:
         data = replace(data, train=args.dataset)
-        if not args.test_dataset and args.dataset.startswith("synthetic"):
-            data = replace(data, test="synthetic-test")
+        if not args.test_dataset and args.dataset in DEFAULT_TEST_SETS:
+            data = replace(data, test=DEFAULT_TEST_SETS[args.dataset])
     if args.test_dataset:
         data = replace(data, test=args.test_dataset)
     if args.data_root:
@@ -103,53 +89,47 @@ def resolve_config(args: argparse.Namespace) -> DetectionConfig:
         cfg = replace(cfg, output_dir=args.output_dir)
     solver = apply_linear_scaling(cfg.solver)
     if args.max_iter is not None:
-        if args.max_iter < 1:
-            raise ConfigError(f"--max-iter must be >= 1, got {args.max_iter}")
-        ratio = args.max_iter / solver.max_iter
-        steps = tuple(s2 for s2 in (max(1, round(s * ratio)) for s in solver.steps) if s2 < args.max_iter)
-        solver = replace(
-            solver,
-            max_iter=args.max_iter,
-            steps=steps,
-            warmup_iters=min(solver.warmup_iters, args.max_iter // 2),
-            checkpoint_period=min(solver.checkpoint_period, args.max_iter),
-        )
+        solver = rescale_schedule(solver, args.max_iter)
     return replace(cfg, solver=solver)
+
+
+def evaluate_checkpoint(args: argparse.Namespace, cfg: DetectionConfig) -> int:
+    """``--eval-only``: the checkpoint's model (its own test size) on this invocation's data settings."""
+    from accelerate import Accelerator
+
+    from detection.checkpoint import load_detector
+    from detection.train import evaluate
+
+    accelerator = Accelerator(cpu=args.cpu)
+    model, saved_cfg, _ = load_detector(args.checkpoint, accelerator.device)
+    # The data section comes from this invocation (dataset, root, workers); the test size from the checkpoint.
+    data = replace(cfg.data, min_size_test=saved_cfg.data.min_size_test, max_size_test=saved_cfg.data.max_size_test)
+    if args.dataset or args.test_dataset:
+        data = replace(data, test=args.test_dataset or args.dataset)
+    metrics = evaluate(model, replace(saved_cfg, data=data, test=cfg.test), accelerator=accelerator,
+                       progress=not args.no_progress)
+    if accelerator.is_main_process:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    if args.eval_only and not args.checkpoint:
+        print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
+        return 2
+    # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
     try:
         cfg = resolve_config(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if args.eval_only:
+            return evaluate_checkpoint(args, cfg)
+        from detection.checkpoint import FINAL_WEIGHTS_NAME
+        from detection.train import Trainer
 
-    from detection import engine
-
-    if args.eval_only:
-        if not args.checkpoint:
-            print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
-            return 2
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=args.cpu)
-        model, saved_cfg, _ = engine.load_detector(args.checkpoint, accelerator.device)
-        # The data section comes from this invocation (dataset, root, workers); the model from the checkpoint.
-        eval_cfg = replace(saved_cfg, data=replace(cfg.data, min_size_test=saved_cfg.data.min_size_test,
-                                                   max_size_test=saved_cfg.data.max_size_test), test=cfg.test)
-        if args.dataset or args.test_dataset:
-            eval_cfg = replace(eval_cfg, data=replace(eval_cfg.data, test=args.test_dataset or args.dataset))
-        metrics = engine.evaluate(model, eval_cfg, accelerator=accelerator, progress=not args.no_progress)
-        if accelerator.is_main_process:
-            print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=1))
-        return 0
-
-    try:
-        trainer = engine.Trainer(cfg, cpu=args.cpu, resume=args.resume, progress=not args.no_progress)
+        trainer = Trainer(cfg, cpu=args.cpu, resume=args.resume, progress=not args.no_progress)
         result = trainer.train()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
@@ -159,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {k: v for k, v in result.items() if k != "per_class" and not isinstance(v, dict)}
         print(json.dumps(summary, indent=1))
         if "mAP" in result:
-            final = Path(cfg.output_dir) / engine.FINAL_WEIGHTS_NAME
+            final = Path(cfg.output_dir) / FINAL_WEIGHTS_NAME
             print(f"{cfg.data.test}: mAP@0.5 = {result['mAP']:.4f}  (model: {final})")
     return 0
 

@@ -1,11 +1,19 @@
 """Detection data: VOC / COCO / synthetic datasets by name, transforms, deterministic samplers, loaders."""
 
-from resbackbone.training import ENV_DATA_ROOT
+from resbackbone.engine.paths import ENV_DATA_ROOT
+from resbackbone.engine.sampling import InferenceSampler, TrainBatchSampler
+from resbackbone.errors import DataError
 
-from .base import DataError, DetectionDataset, Record
-from .catalog import DATASET_NAMES, build_coco_dataset, build_dataset, coco_image_id, get_data_root
+from .base import DetectionDataset, Record
+from .catalog import (
+    DATASET_NAMES,
+    build_coco_dataset,
+    build_dataset,
+    build_test_dataset,
+    build_train_dataset,
+    get_data_root,
+)
 from .loader import build_test_loader, build_train_loader, collate
-from .samplers import InferenceSampler, TrainBatchSampler
 from .synthetic import SYNTHETIC_CLASSES, generate_synthetic
 from .transforms import DetectionTransform, decode_image, resize_scale
 from .voc import VOC_CLASSES
@@ -25,7 +33,8 @@ __all__ = [
     "build_dataset",
     "build_test_loader",
     "build_train_loader",
-    "coco_image_id",
+    "build_test_dataset",
+    "build_train_dataset",
     "collate",
     "decode_image",
     "generate_synthetic",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,16 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from resbackbone.errors import DataError
+
 from .transforms import DetectionTransform, decode_image
 
 logger = logging.getLogger("detection.data")
 
 Family = Literal["voc", "coco", "synthetic"]
 Metric = Literal["voc07", "voc", "coco"]
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file."""
 
 
 @dataclass
@@ -48,7 +46,13 @@ class Record:
 
 
 class DetectionDataset(Dataset):
-    """Records + decode + train/test transform. See the module docstring for the item format."""
+    """Records + decode + train/test transform. See the module docstring for the item format.
+
+    ``coco``: the set's ground truth as a ``pycocotools.coco.COCO`` (COCO-format sets, and the synthetic set
+    which ships both formats), None otherwise; ``contiguous_to_category_id``: our label in [0, K) -> the
+    dataset's own category id (None: the set has no category ids of its own). ``num_skipped``: unreadable items
+    met so far (this process), plus the records dropped at load under ``skip_bad``.
+    """
 
     def __init__(
         self,
@@ -66,15 +70,20 @@ class DetectionDataset(Dataset):
         use_difficult: bool = False,
         filter_empty: bool | None = None,
         skip_bad: bool = False,
+        coco: Any = None,
+        contiguous_to_category_id: Mapping[int, int] | None = None,
+        num_skipped: int = 0,
     ) -> None:
         self.name = name
+        self.coco = coco
+        self.contiguous_to_category_id = dict(contiguous_to_category_id) if contiguous_to_category_id else None
         self.class_names = tuple(class_names)
         self.family = family
         self.default_metric = default_metric
         self.train = train
         self.use_difficult = use_difficult
         self.skip_bad = skip_bad
-        self.num_skipped = 0
+        self.num_skipped = num_skipped
         filter_empty = train if filter_empty is None else filter_empty
         records = list(records)
         if filter_empty:

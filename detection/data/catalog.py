@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from resbackbone.training import data_root
+from resbackbone.engine.paths import data_root
+from resbackbone.errors import DataError
 
-from .base import DataError, DetectionDataset
+from ..config import DataConfig
+from .base import DetectionDataset
 from .coco import load_coco_records
 from .synthetic import GENERATOR_VERSION, MARKER, SYNTHETIC_CLASSES, generate_synthetic
 from .voc import VOC_CLASSES, load_voc_records
@@ -95,9 +97,8 @@ def build_dataset(
         records, skipped = load_voc_records(parts, VOC_CLASSES, skip_bad=skip_bad)
         # VOC2007 test is scored with the devkit's 11-point metric, everything else with the area under the curve.
         metric = "voc07" if VOC_SETS[name] == [("2007", "test")] else "voc"
-        ds = DetectionDataset(records, VOC_CLASSES, family="voc", default_metric=metric, **kwargs)
-        ds.num_skipped += skipped
-        return ds
+        return DetectionDataset(records, VOC_CLASSES, family="voc", default_metric=metric, num_skipped=skipped,
+                                **kwargs)
     if name in COCO_SETS:
         folder, ann = COCO_SETS[name]
         coco_root = data_root / "coco"
@@ -106,14 +107,14 @@ def build_dataset(
         split = name.split("-", 1)[1]
         tree = ensure_synthetic(data_root)
         records, skipped = load_voc_records([(tree, split)], SYNTHETIC_CLASSES, skip_bad=skip_bad)
-        ds = DetectionDataset(records, SYNTHETIC_CLASSES, family="synthetic", default_metric="voc", **kwargs)
-        ds.num_skipped += skipped
         # The same images as a COCO-format set, so the COCO metric works on the synthetic data too.
         from .coco import load_coco
 
-        ds.coco = load_coco(tree / "annotations" / f"instances_{split}.json")
-        ds.contiguous_to_category_id = {i: i + 1 for i in range(len(SYNTHETIC_CLASSES))}
-        return ds
+        return DetectionDataset(
+            records, SYNTHETIC_CLASSES, family="synthetic", default_metric="voc", num_skipped=skipped,
+            coco=load_coco(tree / "annotations" / f"instances_{split}.json"),
+            contiguous_to_category_id={i: i + 1 for i in range(len(SYNTHETIC_CLASSES))}, **kwargs,
+        )
     raise DataError(f"unknown dataset name {name!r}; valid names: {', '.join(DATASET_NAMES)}")
 
 
@@ -128,13 +129,29 @@ def build_coco_dataset(
     """A COCO-format dataset from any instances JSON + image folder (the named COCO sets use this; so can a
     custom subset). ``kwargs``: the transform / filtering options of :func:`build_dataset`."""
     records, class_names, contiguous, coco = load_coco_records(Path(ann_file), Path(image_dir))
-    ds = DetectionDataset(records, class_names, family="coco", default_metric="coco", name=name or str(ann_file),
-                          train=train, **kwargs)
-    ds.coco = coco
-    ds.contiguous_to_category_id = contiguous
-    return ds
+    return DetectionDataset(records, class_names, family="coco", default_metric="coco", name=name or str(ann_file),
+                            train=train, coco=coco, contiguous_to_category_id=contiguous, **kwargs)
 
 
-def coco_image_id(dataset: DetectionDataset, index: int) -> int:
-    """The COCO image id of item ``index`` (synthetic ids are the numeric VOC ids)."""
-    return int(dataset.records[index].image_id)
+def build_train_dataset(cfg: DataConfig) -> DetectionDataset:
+    """The training set ``cfg.train`` with the training transform; an error when no image is usable."""
+    dataset = build_dataset(
+        cfg.train,
+        cfg.root,
+        train=True,
+        min_size=cfg.min_size_train,
+        max_size=cfg.max_size_train,
+        flip_prob=cfg.flip_prob,
+        photometric=cfg.photometric,
+        use_difficult=cfg.use_difficult,
+        filter_empty=cfg.filter_empty,
+    )
+    if len(dataset) == 0:
+        raise DataError(f"training dataset {cfg.train!r} yields no trainable image (after filtering empty images)")
+    return dataset
+
+
+def build_test_dataset(cfg: DataConfig, name: str | None = None) -> DetectionDataset:
+    """The evaluation set ``name`` (default ``cfg.test``) at the test size of ``cfg``."""
+    return build_dataset(name or cfg.test, cfg.root, train=False, min_size=cfg.min_size_test,
+                         max_size=cfg.max_size_test)

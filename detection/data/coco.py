@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, Record
+from resbackbone.errors import DataError
+
+from .base import Record
 
 
 def load_coco(ann_file: Path):  # noqa: ANN201 - pycocotools.coco.COCO

@@ -18,14 +18,14 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from resbackbone.errors import ConfigError, DataError
+
 # Boxes narrower or lower than this (pixels, after resize and clipping) are removed as degenerate.
 MIN_BOX_SIDE = 1.0
 
 
 def decode_image(path: str | Path) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB; a clear error naming the file when it cannot be read."""
-    from .base import DataError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
@@ -73,7 +73,7 @@ class DetectionTransform:
     ) -> None:
         self.min_sizes = (min_size,) if isinstance(min_size, int) else tuple(int(s) for s in min_size)
         if not self.min_sizes or min(self.min_sizes) < 1 or max_size < 1:
-            raise ValueError(f"min_size {min_size} / max_size {max_size} must be positive")
+            raise ConfigError(f"min_size {min_size} / max_size {max_size} must be positive")
         self.max_size = max_size
         self.train = train
         # Evaluation is a deterministic resize only, whatever flip / jitter options came along.

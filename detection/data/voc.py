@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, Record
+from resbackbone.errors import DataError
+
+from .base import Record
 
 logger = logging.getLogger("detection.data")
 

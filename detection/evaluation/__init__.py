@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from resbackbone.errors import ConfigError, DataError
+
 from .coco import COCO_STAT_NAMES, COCOEvaluator, evaluate_coco, evaluate_coco_results, load_results_json
-from .inference import run_inference
+from .inference import check_classes, evaluate_detector, run_inference, score_predictions
 from .voc import (
     VOCEvaluator,
-    benchmark_voc_eval,
     evaluate_detections,
     read_devkit_results,
     voc_ap,
@@ -27,11 +28,10 @@ def build_evaluator(dataset: Any, metric: str | None = None) -> VOCEvaluator | C
     """
     metric = metric or dataset.default_metric
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if metric == "coco":
-        if getattr(dataset, "coco", None) is None:
-            raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has no COCO-format ground truth for the "
-                             "coco metric")
+        if dataset.coco is None:
+            raise DataError(f"dataset {dataset.name!r} has no COCO-format ground truth for the coco metric")
         return COCOEvaluator.from_dataset(dataset)
     return VOCEvaluator.from_dataset(dataset, use_07_metric=metric == "voc07")
 
@@ -59,8 +59,9 @@ __all__ = [
     "COCO_STAT_NAMES",
     "METRICS",
     "VOCEvaluator",
-    "benchmark_voc_eval",
     "build_evaluator",
+    "check_classes",
+    "evaluate_detector",
     "evaluate_coco",
     "evaluate_coco_results",
     "evaluate_detections",
@@ -68,6 +69,7 @@ __all__ = [
     "load_results_json",
     "read_devkit_results",
     "run_inference",
+    "score_predictions",
     "voc_ap",
     "write_devkit_results",
 ]

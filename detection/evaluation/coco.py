@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from resbackbone.errors import DataError, DataNotFoundError
+
 # The 12 numbers of COCOeval.summarize(), in its order (AP at IoU .50:.95 / .50 / .75, by area, then AR).
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -37,7 +39,7 @@ def coco_results(image_id: int, detections: Mapping[str, Any], contiguous_to_cat
     out = []
     for b, s, c in zip(boxes, scores, labels):
         if int(c) not in contiguous_to_category_id:
-            raise ValueError(f"image {image_id}: label {int(c)} has no COCO category id "
+            raise DataError(f"image {image_id}: label {int(c)} has no COCO category id "
                              f"(known labels 0..{len(contiguous_to_category_id) - 1})")
         out.append({"image_id": int(image_id), "category_id": int(contiguous_to_category_id[int(c)]),
                     "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)})
@@ -72,10 +74,10 @@ def evaluate_coco(
     known_images = set(coco_gt.getImgIds())
     unknown = {int(r["image_id"]) for r in results} - known_images
     if unknown:
-        raise ValueError(f"results refer to {len(unknown)} image id(s) not in the ground truth, e.g. {min(unknown)}")
+        raise DataError(f"results refer to {len(unknown)} image id(s) not in the ground truth, e.g. {min(unknown)}")
     unknown_cats = {int(r["category_id"]) for r in results} - set(cat_ids)
     if unknown_cats:
-        raise ValueError(f"results use category id(s) not in the ground truth: {sorted(unknown_cats)[:5]}")
+        raise DataError(f"results use category id(s) not in the ground truth: {sorted(unknown_cats)[:5]}")
     from pycocotools.cocoeval import COCOeval
 
     buf = io.StringIO()
@@ -104,16 +106,16 @@ def load_results_json(path: str | Path) -> list[dict[str, Any]]:
     """A COCO results file (a JSON list of ``{"image_id", "category_id", "bbox", "score"}``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"COCO results file not found: {path}")
+        raise DataNotFoundError(f"COCO results file not found: {path}")
     try:
         results = json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise DataError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(results, list):
-        raise ValueError(f"{path}: a COCO results file is a JSON list of detections, got {type(results).__name__}")
+        raise DataError(f"{path}: a COCO results file is a JSON list of detections, got {type(results).__name__}")
     for i, r in enumerate(results):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
-            raise ValueError(f"{path}: entry {i} lacks one of image_id, category_id, bbox, score: {str(r)[:100]}")
+            raise DataError(f"{path}: entry {i} lacks one of image_id, category_id, bbox, score: {str(r)[:100]}")
     return results
 
 
@@ -122,10 +124,11 @@ def evaluate_coco_results(gt_json_path: str | Path, results_json_path: str | Pat
     from detection.data.coco import load_coco
 
     coco_gt = load_coco(Path(gt_json_path))
+    results = load_results_json(results_json_path)
     try:
-        return evaluate_coco(coco_gt, load_results_json(results_json_path))
+        return evaluate_coco(coco_gt, results)
     except ValueError as e:
-        raise ValueError(f"{results_json_path}: {e}") from e
+        raise DataError(f"{results_json_path}: {e}") from e
 
 
 class COCOEvaluator:

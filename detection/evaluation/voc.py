@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from resbackbone.errors import DataError, DataNotFoundError
+
 # Detectron2 PascalVOCDetectionEvaluator's "AP": the mean over these IoU thresholds.
 IOU_THRESHOLDS_COCO_STYLE = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
 # py-faster-rcnn writes "comp4" (external data allowed) results.
@@ -224,7 +226,7 @@ def evaluate_detections(
     det = _flatten(detections, with_scores=True)
     for what, labels in (("ground-truth", gt["labels"]), ("detection", det["labels"])):
         if labels.size and (labels.min() < 0 or labels.max() >= k):
-            raise ValueError(f"{what} label {int(labels.max() if labels.max() >= k else labels.min())} outside "
+            raise DataError(f"{what} label {int(labels.max() if labels.max() >= k else labels.min())} outside "
                              f"[0, {k}) for {k} classes")
     thresholds = sorted({float(iou_thresh), *(IOU_THRESHOLDS_COCO_STYLE if all_thresholds else ())})
     ap = {t: np.full(k, np.nan) for t in thresholds}
@@ -307,7 +309,7 @@ def read_devkit_results(
     """
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"devkit results directory not found: {directory}")
+        raise DataNotFoundError(f"devkit results directory not found: {directory}")
     index_of = {str(iid): i for i, iid in enumerate(image_ids)}
     rows: dict[int, list[tuple[float, float, float, float, float, int]]] = {}
     found = 0
@@ -321,16 +323,16 @@ def read_devkit_results(
             if not parts:
                 continue
             if len(parts) != 6:
-                raise ValueError(f"{p}:{ln}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', got {line!r}")
+                raise DataError(f"{p}:{ln}: expected '<image_id> <score> <x1> <y1> <x2> <y2>', got {line!r}")
             if parts[0] not in index_of:
-                raise ValueError(f"{p}:{ln}: image id {parts[0]!r} is not in the evaluated image set")
+                raise DataError(f"{p}:{ln}: image id {parts[0]!r} is not in the evaluated image set")
             try:
                 s, x1, y1, x2, y2 = (float(v) for v in parts[1:])
             except ValueError as e:
-                raise ValueError(f"{p}:{ln}: non-numeric value in {line!r}") from e
+                raise DataError(f"{p}:{ln}: non-numeric value in {line!r}") from e
             rows.setdefault(index_of[parts[0]], []).append((x1 - 1.0, y1 - 1.0, x2, y2, s, c))  # 1-based -> ours
     if found == 0:
-        raise FileNotFoundError(f"no {prefix}<class>.txt files in {directory}")
+        raise DataNotFoundError(f"no {prefix}<class>.txt files in {directory}")
     out = [_empty_detections() for _ in image_ids]
     for i, r in rows.items():
         arr = np.asarray(r, dtype=np.float64)
@@ -409,33 +411,3 @@ class VOCEvaluator:
         dets = read_devkit_results(directory, self.class_names, self.image_ids, prefix)
         self.reset()
         self.detections = {i: d for i, d in enumerate(dets) if len(d["scores"])}
-
-
-def benchmark_voc_eval(num_images: int = 4952, num_classes: int = 20, dets_per_image: int = 100,
-                       seed: int = 0) -> dict[str, float]:
-    """Time :func:`evaluate_detections` on a VOC07-test-sized random problem (prints and returns seconds)."""
-    import time
-
-    rng = np.random.default_rng(seed)
-    gt, det = [], []
-    for _ in range(num_images):
-        n = int(rng.integers(1, 6))
-        xy = rng.uniform(0, 400, (n, 2))
-        boxes = np.concatenate([xy, xy + rng.uniform(10, 200, (n, 2))], axis=1)
-        labels = rng.integers(0, num_classes, n)
-        gt.append({"boxes": boxes, "labels": labels, "difficult": rng.random(n) < 0.1})
-        j = rng.integers(0, n, dets_per_image)
-        det_labels = np.where(rng.random(dets_per_image) < 0.5, labels[j], rng.integers(0, num_classes, dets_per_image))
-        det.append({"boxes": boxes[j] + rng.normal(0, 10, (dets_per_image, 4)), "scores": rng.random(dets_per_image),
-                    "labels": det_labels})
-    names = [f"c{i}" for i in range(num_classes)]
-    t0 = time.perf_counter()
-    evaluate_detections(gt, det, names, use_07_metric=True)
-    t1 = time.perf_counter()
-    evaluate_detections(gt, det, names, all_thresholds=True)
-    t2 = time.perf_counter()
-    result = {"num_detections": float(num_images * dets_per_image), "seconds_iou50": t1 - t0,
-              "seconds_all_thresholds": t2 - t1}
-    print(f"VOC eval: {num_images} images, {num_images * dets_per_image} detections: {t1 - t0:.2f} s at IoU 0.5, "
-          f"{t2 - t1:.2f} s for IoU 0.50:0.95")
-    return result

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..config import load_config
+from ..engine.config import load_config
+from ..engine.schedule import SolverConfig
 
 
 @dataclass
@@ -51,12 +52,12 @@ class ClsDataConfig:
 
 
 @dataclass
-class ClsSolverConfig:
-    batch_size: int = 64
+class ClsSolverConfig(SolverConfig):
+    """The shared solver fields (:class:`resbackbone.engine.schedule.SolverConfig`) with classification defaults,
+    plus the classification-only schedule and regularization options."""
+
+    ims_per_batch: int = 64
     base_lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
     # Iterations (0: derive from epochs).
     max_iter: int = 0
     epochs: int = 8
@@ -64,10 +65,8 @@ class ClsSolverConfig:
     # improving for `plateau_patience` epochs, the paper's ImageNet rule).
     schedule: Literal["multistep", "cosine", "plateau"] = "multistep"
     steps: tuple[int, ...] = ()
-    gamma: float = 0.1
     plateau_patience: int = 3
     warmup_iters: int = 0
-    warmup_factor: float = 0.1
     # The paper's CIFAR ResNet-110/1202 warm-up: lr = warmup_lr until training accuracy reaches this (0 = off).
     warmup_until_train_acc: float = 0.0
     warmup_lr: float = 0.01
@@ -76,7 +75,6 @@ class ClsSolverConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     ema_decay: float = 0.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     channels_last: bool = True
     checkpoint_period: int = 500
     keep_last: int = 2
@@ -87,7 +85,8 @@ class ClsTestConfig:
     # Evaluate every epoch; ten-crop and multi-scale fully-convolutional testing (paper 3.4) at the end.
     ten_crop: bool = False
     scales: tuple[int, ...] = ()
-    batch_size: int = 256
+    # Images per evaluation batch (per process).
+    ims_per_batch: int = 256
 
 
 @dataclass

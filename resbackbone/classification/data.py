@@ -6,9 +6,8 @@ Items are ``(uint8 (3, H, W) RGB tensor, int label)``; the engine normalizes on 
 
 from __future__ import annotations
 
-import io
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ..training import data_root
+from ..engine.paths import data_root
+from ..errors import ConfigError, DataError
+from ..serialization import safe_unpickle
 from .config import ClsDataConfig
 
 CIFAR_DIR = "cifar-10-batches-py"
@@ -28,37 +29,17 @@ CIFAR_MEAN = (125.3, 123.0, 113.9)
 CIFAR_STD = (63.0, 62.1, 66.7)
 
 
-class ClsDataError(ValueError):
-    """Bad or missing classification data; the message names the file."""
-
-
 # ---------------------------------------------------------------------------------------------------- CIFAR
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """The CIFAR batches are pickles: admit only the numpy/builtin pieces they contain."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}")
 
 
 def read_cifar_batch(path: Path) -> dict[bytes, Any]:
     if not path.is_file():
-        raise ClsDataError(f"CIFAR-10 file not found: {path} (expected the official cifar-10-batches-py layout)")
+        raise DataError(f"CIFAR-10 file not found: {path} (expected the official cifar-10-batches-py layout)")
     try:
-        return _CifarUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        # The official batches are plain pickles: read through the one restricted unpickler (numpy data only).
+        return safe_unpickle(path, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ClsDataError(f"{path}: not a valid CIFAR-10 batch ({e})") from e
+        raise DataError(f"{path}: not a valid CIFAR-10 batch ({e})") from e
 
 
 class ArrayDataset(Dataset):
@@ -89,7 +70,7 @@ def load_cifar10(root: Path, *, split: str, val_split: int = 5000, seed: int = 0
             data.append(np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(b[b"labels"], dtype=np.int64))
         except KeyError as e:
-            raise ClsDataError(f"{base / f}: missing key {e}") from e
+            raise DataError(f"{base / f}: missing key {e}") from e
     images = np.concatenate(data).transpose(0, 2, 3, 1)  # (N, 3, 32, 32) -> (N, 32, 32, 3)
     y = np.concatenate(labels)
     if split != "test":
@@ -145,7 +126,7 @@ def synthetic_classification(split: str, *, per_class: int, num_classes: int = 1
                              seed: int = 0) -> ArrayDataset:
     """A seeded set of ``num_classes`` shape classes on noisy backgrounds (train / val / test splits differ)."""
     if not 2 <= num_classes <= len(SYNTHETIC_SHAPES):
-        raise ValueError(f"synthetic_classes must be in [2, {len(SYNTHETIC_SHAPES)}], got {num_classes}")
+        raise ConfigError(f"synthetic_classes must be in [2, {len(SYNTHETIC_SHAPES)}], got {num_classes}")
     offset = {"train": 0, "val": 1, "test": 2}[split]
     n = per_class if split == "train" else max(per_class // 4, 10)
     rng = np.random.default_rng([seed, offset])
@@ -164,20 +145,20 @@ class FolderDataset(Dataset):
 
     def __init__(self, root: Path, class_names: Sequence[str] | None = None) -> None:
         if not root.is_dir():
-            raise ClsDataError(f"image folder not found: {root} (see datasets/README.md)")
+            raise DataError(f"image folder not found: {root} (see datasets/README.md)")
         names = list(class_names) if class_names is not None else sorted(p.name for p in root.iterdir()
                                                                            if p.is_dir())
         if not names:
-            raise ClsDataError(f"{root}: no class folders")
+            raise DataError(f"{root}: no class folders")
         self.class_names = tuple(names)
         self.samples: list[tuple[Path, int]] = []
         for i, n in enumerate(names):
             folder = root / n
             if not folder.is_dir():
-                raise ClsDataError(f"{root}: class folder {n!r} missing (it exists in the training split)")
+                raise DataError(f"{root}: class folder {n!r} missing (it exists in the training split)")
             self.samples += [(p, i) for p in sorted(folder.iterdir()) if p.suffix.lower() in self.EXTENSIONS]
         if not self.samples:
-            raise ClsDataError(f"{root}: no images found")
+            raise DataError(f"{root}: no images found")
         self.labels = np.array([s[1] for s in self.samples], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -188,7 +169,7 @@ class FolderDataset(Dataset):
         data = np.fromfile(str(path), dtype=np.uint8)
         img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         if img is None:
-            raise ClsDataError(f"cannot decode image: {path}")
+            raise DataError(f"cannot decode image: {path}")
         return torch.from_numpy(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).contiguous(), label
 
 
@@ -209,7 +190,7 @@ def build_cls_datasets(cfg: ClsDataConfig, seed: int = 0) -> tuple[Dataset, Data
         base = root / "imagenet" if name == "imagenet" else Path(name[7:]).expanduser()
         train = FolderDataset(base / "train")
         return train, FolderDataset(base / "val", train.class_names), None
-    raise ClsDataError(f"unknown classification dataset {name!r}: synthetic, cifar10, imagenet or folder:<path>")
+    raise DataError(f"unknown classification dataset {name!r}: synthetic, cifar10, imagenet or folder:<path>")
 
 
 # ------------------------------------------------------------------------------------------------ transforms
@@ -237,7 +218,11 @@ def test_transform(cfg: ClsDataConfig, small: bool) -> v2.Transform:
 
 
 class TransformedDataset(Dataset):
-    """Applies a transform; ``dataset[(index, seed)]`` draws the augmentation from ``seed`` only."""
+    """Applies a transform; :meth:`get_item_seeded` draws the augmentation from the given seed only.
+
+    torchvision's v2 transforms draw from the global torch RNG, so the seeded draw runs inside
+    ``torch.random.fork_rng``: the caller's RNG state is left exactly as it was.
+    """
 
     def __init__(self, dataset: Dataset, transform: v2.Transform) -> None:
         self.dataset = dataset
@@ -246,40 +231,16 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
-        if isinstance(key, tuple):
-            index, seed = key
-            torch.manual_seed(seed)
-        else:
-            index = key
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.get_item_seeded(index, None)
+
+    def get_item_seeded(self, index: int, seed: int | None) -> tuple[Tensor, int]:
         img, label = self.dataset[index]
-        return self.transform(img), label
-
-
-class EpochBatchSampler:
-    """Per-process batches of ``(index, sample_seed)``; epoch e is a permutation seeded by ``(seed, e)``, so
-    iteration k is a pure function of ``(seed, k)`` (exact resume, disjoint ranks). Drops the last partial batch."""
-
-    def __init__(self, n: int, batch_size: int, *, seed: int, num_replicas: int = 1, rank: int = 0,
-                 start_iter: int = 0) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.num_replicas, self.rank = num_replicas, rank
-        self.global_batch = batch_size * num_replicas
-        self.iters_per_epoch = n // self.global_batch
-        if self.iters_per_epoch == 0:
-            raise ValueError(f"dataset of {n} images is smaller than one global batch of {self.global_batch}")
-        self.start_iter = start_iter
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        k = self.start_iter
-        while True:
-            epoch, offset = divmod(k, self.iters_per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
-            lo = offset * self.global_batch + self.rank * self.batch_size
-            idx = perm[lo : lo + self.batch_size].tolist()
-            yield [(i, (self.seed * 1_000_003 + k) * 131 + self.rank * self.batch_size + j) for j, i in
-                   enumerate(idx)]
-            k += 1
+        if seed is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), label
 
 
 def ten_crop_predict(model: torch.nn.Module, images: Tensor, crop: int) -> Tensor:

@@ -1,8 +1,8 @@
 """Classification training / evaluation with accelerate: the paper's recipes, exact resume, top-1/top-5 error.
 
-Shares the checkpoint, RNG, optimizer, schedule, metrics and guard code with the detection trainer
-(:mod:`resbackbone.training`). Data order and augmentation are pure functions of ``(seed, iteration)``
-(:class:`EpochBatchSampler`), so ``resume`` reproduces an uninterrupted run exactly on CPU.
+Built on the shared infrastructure of :mod:`resbackbone.engine` (accelerator, checkpoints, resume, seeded
+sampling, schedule, progress), as the detection trainer is. Data order and augmentation are pure functions of
+``(seed, iteration)``, so ``resume`` reproduces an uninterrupted run exactly on CPU.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,25 +20,17 @@ from torch.utils.data import DataLoader
 
 from .. import cifar as cifar_mod
 from .. import resnet as resnet_mod
-from ..config import save_config, to_dict
+from ..engine.checkpoint import CheckpointManager
+from ..engine.progress import Progress, check_finite
+from ..engine.sampling import InferenceSampler, build_train_loader
+from ..engine.schedule import apply_linear_scaling, lr_factor, sgd_from_config
+from ..engine.trainer import TrainerBase
+from ..errors import ConfigError, DataError
 from ..pixels import TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
-from ..training import (
-    CheckpointManager,
-    MetricsWriter,
-    build_sgd,
-    capture_rng_state,
-    check_finite,
-    format_eta,
-    lr_factor,
-    memory_summary,
-    restore_rng_state,
-    seed_everything,
-)
 from .config import ClsConfig
 from .data import (
     CIFAR_MEAN,
     CIFAR_STD,
-    EpochBatchSampler,
     TransformedDataset,
     build_cls_datasets,
     multiscale_predict,
@@ -66,7 +57,7 @@ def build_classifier(arch: str, num_classes: int, *, zero_init_residual: bool = 
             model = resnet_mod.ResNet(depth, num_classes=num_classes, residual=residual, shortcut=shortcut,
                                       zero_init_residual=zero_init_residual)
             return model, TORCHVISION_PIXELS, depth
-    raise ValueError(f"unknown arch {arch!r}: resnet18..152, plain18..152, cifar_resnet20..1202, cifar_plain20..1202")
+    raise ConfigError(f"unknown arch {arch!r}: resnet18..152, plain18..152, cifar_resnet20..1202, cifar_plain20..1202")
 
 
 def _topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -76,31 +67,31 @@ def _topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) 
     return [int(hit[:, : min(k, k_max)].any(dim=1).sum()) for k in ks]
 
 
-class ClassificationTrainer:
+class ClassificationTrainer(TrainerBase):
     """``ClassificationTrainer(cfg).train()`` -> final metrics; see the module docstring."""
+
+    CHECKPOINT_FORMAT = "resbackbone/cls-checkpoint"
 
     def __init__(self, cfg: ClsConfig, *, cpu: bool = False, resume: bool = False, progress: bool = True,
                  stop_after: int | None = None) -> None:
-        from accelerate import Accelerator
-
-        self.accelerator = acc = Accelerator(cpu=cpu or not torch.cuda.is_available(),
-                                             mixed_precision=cfg.solver.mixed_precision)
-        self.progress = progress and acc.is_main_process
-        self.stop_after = stop_after
-        seed_everything(cfg.seed)
+        cfg = replace(cfg, solver=apply_linear_scaling(cfg.solver))
+        super().__init__(cfg, output_dir=cfg.output_dir, seed=cfg.seed, mixed_precision=cfg.solver.mixed_precision,
+                         keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after)
+        acc = self.accelerator
         train, val, test = build_cls_datasets(cfg.data, seed=cfg.seed)
         self.class_names = tuple(train.class_names)  # type: ignore[attr-defined]
         small = cfg.data.dataset in ("synthetic", "cifar10")
         self.train_set = TransformedDataset(train, train_transform(cfg.data, small))
         self.val_set = TransformedDataset(val, test_transform(cfg.data, small))
         self.test_set = TransformedDataset(test, test_transform(cfg.data, small)) if test is not None else None
-        if cfg.solver.batch_size % acc.num_processes:
-            raise ValueError(f"solver.batch_size={cfg.solver.batch_size} not divisible by {acc.num_processes} "
-                             f"processes")
-        self.per_process = cfg.solver.batch_size // acc.num_processes
-        iters_per_epoch = len(self.train_set) // cfg.solver.batch_size
+        if cfg.solver.ims_per_batch % acc.num_processes:
+            raise ConfigError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
+                              f"{acc.num_processes} processes")
+        self.per_process = cfg.solver.ims_per_batch // acc.num_processes
+        iters_per_epoch = len(self.train_set) // cfg.solver.ims_per_batch
         if iters_per_epoch == 0:
-            raise ValueError(f"training set of {len(self.train_set)} images < one batch of {cfg.solver.batch_size}")
+            raise DataError(f"training set of {len(self.train_set)} images < one batch of "
+                            f"{cfg.solver.ims_per_batch}")
         if cfg.solver.max_iter <= 0:
             cfg = replace(cfg, solver=replace(cfg.solver, max_iter=cfg.solver.epochs * iters_per_epoch))
         self.cfg = cfg
@@ -112,18 +103,16 @@ class ClassificationTrainer:
         transferable = cfg.model.arch.startswith("resnet") and cfg.model.shortcut == "B"
         self.depth = depth if transferable else None
         self.normalizer = PixelNormalizer(self.pixel_spec).to(acc.device)
-        if cfg.solver.channels_last and acc.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
         s = cfg.solver
-        optimizer = build_sgd(model, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                              nesterov=s.nesterov)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if s.channels_last and acc.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.prepare(model, sgd_from_config(model, s))
         self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
         self.ema = None
         if s.ema_decay > 0:
             from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(acc.unwrap_model(self.model), decay=s.ema_decay)
+            self.ema = ModelEmaV3(self.unwrapped, decay=s.ema_decay)
         self.mixup = None
         if s.mixup > 0 or s.cutmix > 0:
             from timm.data import Mixup
@@ -133,52 +122,26 @@ class ClassificationTrainer:
         # Schedule state that is not a pure function of the iteration (plateau, accuracy-triggered warm-up).
         self.state: dict[str, Any] = {"plateau_factor": 1.0, "best_val_err": math.inf, "bad_epochs": 0,
                                       "warmup_done": s.warmup_until_train_acc <= 0, "best_top1_err": math.inf}
-        self.output_dir = Path(cfg.output_dir)
-        self.checkpoints = CheckpointManager(self.output_dir, keep_last=s.keep_last)
-        self.metrics = MetricsWriter(self.output_dir, enabled=acc.is_main_process)
-        self.start_iter = 0
         if resume:
-            self._resume()
-        if acc.is_main_process:
-            save_config(cfg, self.output_dir / "config.yaml")
+            self.resume()
+        self.write_config()
 
     # ------------------------------------------------------------------------------------------------ state
 
-    def _checkpoint(self, iteration: int) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {
-                "format": "resbackbone/cls-checkpoint",
-                "iteration": iteration,
-                "model": {k: v.detach().cpu() for k, v in acc.unwrap_model(self.model).state_dict().items()},
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-                "ema": self.ema.module.state_dict() if self.ema is not None else None,
-                "schedule": {k: float(v) if isinstance(v, float) else v for k, v in self.state.items()},
-                "rng": capture_rng_state(),
-                "config": to_dict(self.cfg),
-                "class_names": list(self.class_names),
-            }
-            self.checkpoints.save(state, iteration)
-        acc.wait_for_everyone()
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "schedule": {k: float(v) if isinstance(v, float) else v for k, v in self.state.items()},
+        }
 
-    def _resume(self) -> None:
-        latest = self.checkpoints.latest()
-        if latest is None:
-            logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
-            return
-        ckpt = CheckpointManager.load(latest)
-        self.accelerator.unwrap_model(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") is not None and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
+    def load_extra_state(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("ema") is not None and self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
         self.state.update(ckpt["schedule"])
-        restore_rng_state(ckpt["rng"])
-        self.start_iter = int(ckpt["iteration"])
-        logger.info("resumed from %s at iteration %d", latest, self.start_iter)
+
+    def load_weights(self, path: str) -> None:
+        """Model weights of a checkpoint of this trainer (for ``--eval-only``)."""
+        self.unwrapped.load_state_dict(CheckpointManager.load(path)["model"])
 
     def lr_at(self, it: int) -> float:
         s = self.cfg.solver
@@ -193,13 +156,10 @@ class ClassificationTrainer:
 
     def _loader(self) -> DataLoader:
         acc = self.accelerator
-        sampler = EpochBatchSampler(len(self.train_set), self.per_process, seed=self.cfg.seed,
-                                    num_replicas=acc.num_processes, rank=acc.process_index,
-                                    start_iter=self.start_iter)
-        workers = self.cfg.data.num_workers
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers,  # type: ignore[arg-type]
-                          persistent_workers=workers > 0, pin_memory=acc.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(self.cfg.seed))
+        return build_train_loader(self.train_set, batch_size=self.per_process, seed=self.cfg.seed,
+                                  num_workers=self.cfg.data.num_workers, num_replicas=acc.num_processes,
+                                  rank=acc.process_index, start_iter=self.start_iter, seeded=True,
+                                  pin_memory=acc.device.type == "cuda")
 
     def _prepare(self, images: Tensor) -> Tensor:
         x = self.normalizer(images.to(self.accelerator.device, non_blocking=True))
@@ -211,13 +171,9 @@ class ClassificationTrainer:
         s, acc = self.cfg.solver, self.accelerator
         batches = iter(self._loader()) if self.start_iter < s.max_iter else iter(())
         self.model.train()
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=s.max_iter, initial=self.start_iter, desc="train", dynamic_ncols=True)
+        bar = Progress(s.max_iter, initial=self.start_iter, images_per_step=s.ims_per_batch, device=acc.device,
+                       enabled=self.progress)
         correct = seen = 0
-        window: list[float] = []
         last = self.start_iter
         result: dict[str, Any] = {}
         try:
@@ -239,28 +195,21 @@ class ClassificationTrainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
-                    self.ema.update(acc.unwrap_model(self.model), step=it)
+                    self.ema.update(self.unwrapped, step=it)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 last = it + 1
-                window = (window + [time.perf_counter() - t0])[-20:]
-                if bar is not None:
-                    ips = s.batch_size * len(window) / sum(window)
-                    eta = (s.max_iter - last) * sum(window) / len(window)
-                    bar.set_postfix_str(f"loss {float(loss.detach()):.3f} lr {lr:.3g} {ips:.0f} img/s "
-                                        f"mem {memory_summary(acc.device)} eta {format_eta(eta)}")
-                    bar.update(1)
+                bar.step(time.perf_counter() - t0, f"loss {float(loss.detach()):.3f} lr {lr:.3g}")
                 if last % self.iters_per_epoch == 0 or last == s.max_iter:
                     train_acc = correct / max(seen, 1)
                     correct = seen = 0
                     result = self._end_of_epoch(last, float(loss.detach()), train_acc, lr)
                 if last % s.checkpoint_period == 0 or last == s.max_iter:
-                    self._checkpoint(last)
+                    self.save_checkpoint(last)
                 if self.stop_after is not None and last >= self.stop_after:
                     break
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         if last >= s.max_iter:
             result.update(self.final_evaluation())
             self._save_backbone()
@@ -296,13 +245,11 @@ class ClassificationTrainer:
     def evaluate(self, dataset: Any, *, mode: str = "center") -> dict[str, float]:
         """Top-1 / top-5 error on ``dataset`` ("center", "ten_crop" or "multiscale" testing), all processes."""
         acc = self.accelerator
-        model = self.ema.module if self.ema is not None else acc.unwrap_model(self.model)
+        model = self.ema.module if self.ema is not None else self.unwrapped
         was = model.training
         model.eval()
-        n = len(dataset)
-        shard = range(acc.process_index, n, acc.num_processes)
-        loader = DataLoader(torch.utils.data.Subset(dataset, list(shard)), batch_size=self.cfg.test.batch_size,
-                            num_workers=self.cfg.data.num_workers)
+        loader = DataLoader(dataset, batch_size=self.cfg.test.ims_per_batch, num_workers=self.cfg.data.num_workers,
+                            sampler=InferenceSampler(len(dataset), acc.num_processes, acc.process_index))
         c1 = c5 = total = 0
         for images, labels in loader:
             x, y = self._prepare(images), labels.to(acc.device)
@@ -354,7 +301,7 @@ class ClassificationTrainer:
             return
         from ..weights import save_backbone_weights
 
-        model = self.ema.module if self.ema is not None else acc.unwrap_model(self.model)
+        model = self.ema.module if self.ema is not None else self.unwrapped
         save_backbone_weights(model, self.output_dir / BACKBONE_WEIGHTS, depth=self.depth,
                               pixel_spec=self.pixel_spec, stride_in_1x1=False,
                               extra_meta={"arch": self.cfg.model.arch, "classes": list(self.class_names)})

@@ -1,6 +1,6 @@
 """Typed configuration trees: dataclasses, strict YAML loading, ``key=value`` overrides.
 
-Shared by the detection and classification trainers. Rules:
+The one config loader of the detection and classification trainers. Rules:
 - a YAML file may name one ``base:`` file (relative to itself); the base may not name another;
 - unknown keys and wrong types are errors naming the dotted key (and the file);
 - overrides are ``a.b.c=value`` strings; the value is parsed as YAML (``lr=0.02``, ``steps=[10,20]``).
@@ -14,11 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from ..errors import ConfigError
+from ..serialization import atomic_write_text
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration file, key or value is wrong; the message names it."""
 
 
 def _type_name(tp: Any) -> str:
@@ -207,15 +206,9 @@ def _finish(cls: type[T], data: dict[str, Any], extra: Mapping[str, Any] | None,
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: temp file + rename)."""
-    import os
-
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 __all__ = [

@@ -1,0 +1,254 @@
+"""The detection training loop (accelerate) on the shared infrastructure of :mod:`resbackbone.engine`.
+
+One process or many (``accelerate launch``), CPU or GPU, fp32 / bf16 / fp16: accelerate owns the devices, DDP
+and mixed precision; the data order is ours. Each process draws its own disjoint slice of every global batch
+from :class:`resbackbone.engine.sampling.TrainBatchSampler` (a pure function of ``(seed, iteration)``), and each
+sample's augmentation is seeded from ``(seed, iteration, slot)``. A checkpoint therefore only needs the iteration
+number as its "data position", and a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from resbackbone.engine.config import from_dict, to_dict
+from resbackbone.engine.progress import Progress, check_finite
+from resbackbone.engine.schedule import build_lr_scheduler, sgd_from_config
+from resbackbone.engine.trainer import TrainerBase
+from resbackbone.errors import ConfigError
+from resbackbone.serialization import atomic_torch_save
+
+from .checkpoint import BEST_WEIGHTS_NAME, FINAL_WEIGHTS_NAME, detector_payload
+from .config import DetectionConfig
+
+logger = logging.getLogger("detection.train")
+# Iterations between two metrics.jsonl records.
+LOG_PERIOD = 20
+
+
+def check_config(cfg: DetectionConfig) -> DetectionConfig:
+    """Validate combinations the dataclass types cannot express, e.g. frozen BN without pretrained weights."""
+    bb = cfg.model.backbone
+    if bb.weights == "none" and bb.norm == "frozen_bn":
+        raise ConfigError(
+            "model.backbone.norm=frozen_bn needs pretrained weights (model.backbone.weights is 'none'): frozen "
+            "statistics of a random init are meaningless; use norm=auto or bn when training from scratch"
+        )
+    return cfg
+
+
+def per_process_batch(cfg: DetectionConfig, num_processes: int) -> int:
+    """Images per process per micro-batch: ``ims_per_batch / (processes x grad_accum_steps)``, exactly."""
+    total = cfg.solver.ims_per_batch
+    div = num_processes * cfg.solver.grad_accum_steps
+    if total % div:
+        raise ConfigError(
+            f"solver.ims_per_batch={total} must be divisible by processes ({num_processes}) x "
+            f"solver.grad_accum_steps ({cfg.solver.grad_accum_steps})"
+        )
+    return total // div
+
+
+def evaluate(
+    model: Any, cfg: DetectionConfig, *, accelerator: Any = None, dataset_name: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``model`` on ``dataset_name`` (default ``cfg.data.test``) with the dataset's metric (or
+    ``cfg.test.metric``), at the config's test size."""
+    from .data import build_test_dataset
+    from .evaluation import evaluate_detector
+
+    dataset = build_test_dataset(cfg.data, dataset_name)
+    return evaluate_detector(model, dataset, metric=cfg.test.metric, batch_size=cfg.test.ims_per_batch,
+                             num_workers=cfg.data.num_workers, accelerator=accelerator, progress=progress)
+
+
+class Trainer(TrainerBase):
+    """Detection fine-tuning: ``Trainer(cfg).train()``; see the module docstring for the resume guarantees.
+
+    The config is resolved once at start (number of classes from the training set; norm, stride placement and
+    pixel spec from the backbone weights) and that resolved config is what ``config.yaml`` and every checkpoint
+    hold, so the trained model is rebuilt from it alone (:func:`detection.checkpoint.load_detector`).
+    """
+
+    CHECKPOINT_FORMAT = "resnet-det/train-checkpoint"
+
+    def __init__(
+        self,
+        cfg: DetectionConfig,
+        *,
+        cpu: bool = False,
+        resume: bool = False,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> None:
+        from .data import build_train_dataset
+        from .faster_rcnn import FROM_CONFIG, build_faster_rcnn, read_backbone_weights, resolve_model_config
+
+        cfg = check_config(cfg)
+        super().__init__(cfg, output_dir=cfg.output_dir, seed=cfg.seed, mixed_precision=cfg.solver.mixed_precision,
+                         keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after)
+        self.per_process = per_process_batch(cfg, self.accelerator.num_processes)
+        self.dataset = build_train_dataset(cfg.data)
+        class_names = tuple(self.dataset.class_names)
+        model_cfg = cfg.model
+        if model_cfg.num_classes != len(class_names):
+            logger.info("model.num_classes follows the training set: %d -> %d", model_cfg.num_classes,
+                        len(class_names))
+            model_cfg = replace(model_cfg, num_classes=len(class_names))
+        weights = read_backbone_weights(model_cfg)
+        model_cfg = resolve_model_config(model_cfg, weights)
+        self.cfg = cfg = replace(cfg, model=model_cfg)
+        self.class_names = class_names
+        # The weights read above load without a second read; without any (from scratch, or a timm trunk, which
+        # loads its own through timm) the config says what to do.
+        model = build_faster_rcnn(model_cfg, class_names=class_names,
+                                  weights=weights if weights is not None else FROM_CONFIG)
+        if self.accelerator.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        s = cfg.solver
+        optimizer = sgd_from_config(model, s)
+        scheduler = build_lr_scheduler(optimizer, kind="multistep", max_iter=s.max_iter, steps=s.steps, gamma=s.gamma,
+                                       warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
+        self.prepare(model, optimizer, scheduler)
+        self.best: dict[str, Any] = {}
+        if resume:
+            self.resume()
+        self.write_config()
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_extra_state(self, ckpt: dict[str, Any]) -> None:
+        saved = from_dict(DetectionConfig, ckpt["config"])
+        if to_dict(replace(saved, solver=self.cfg.solver, test=self.cfg.test)) != to_dict(self.cfg):
+            logger.warning("resuming with a config that differs from the checkpoint's (model/data)")
+        self.best = dict(ckpt.get("best") or {})
+
+    # --------------------------------------------------------------------------------------------------- loop
+
+    def _loader(self) -> DataLoader:
+        from .data import build_train_loader
+
+        cfg, acc = self.cfg, self.accelerator
+        return build_train_loader(
+            self.dataset, batch_size=self.per_process, seed=cfg.seed, num_workers=cfg.data.num_workers,
+            num_replicas=acc.num_processes, rank=acc.process_index, aspect_grouping=cfg.data.aspect_grouping,
+            start_iter=self.start_iter * cfg.solver.grad_accum_steps, seeded=True,
+            pin_memory=acc.device.type == "cuda",
+        )
+
+    def _to_device(self, images: list[Tensor], targets: list[dict[str, Any]]) -> tuple[list[Tensor], list[dict]]:
+        dev = self.accelerator.device
+        images = [im.to(dev, non_blocking=True) for im in images]
+        targets = [{k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets]
+        return images, targets
+
+    def train(self) -> dict[str, Any]:
+        """Run to ``solver.max_iter`` (or ``stop_after``), evaluate at the end; returns the final metrics."""
+        cfg, acc, s = self.cfg, self.accelerator, self.cfg.solver
+        if self.start_iter >= s.max_iter:
+            logger.info("checkpoint is already at max_iter=%d: nothing to train", s.max_iter)
+        batches = iter(self._loader()) if self.start_iter < s.max_iter else iter(())
+        self.model.train()
+        start_time = time.perf_counter()
+        bar = Progress(s.max_iter, initial=self.start_iter, images_per_step=s.ims_per_batch, device=acc.device,
+                       enabled=self.progress)
+        last_iter = self.start_iter
+        try:
+            for it in range(self.start_iter, s.max_iter):
+                t0 = time.perf_counter()
+                stats = self._step(batches, it)
+                last_iter = it + 1
+                terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in stats.items() if k.startswith("loss_"))
+                bar.step(time.perf_counter() - t0, f"loss {stats['loss']:.3f} ({terms}) lr {stats['lr']:.2e}")
+                if last_iter % LOG_PERIOD == 0 or last_iter == s.max_iter:
+                    self.metrics.write(last_iter, {**stats, "seconds_per_iter": bar.mean_step()})
+                if cfg.test.eval_period > 0 and last_iter % cfg.test.eval_period == 0 and last_iter < s.max_iter:
+                    self._periodic_eval(last_iter)
+                if last_iter % s.checkpoint_period == 0 or last_iter == s.max_iter:
+                    self.save_checkpoint(last_iter)
+                if self.stop_after is not None and last_iter >= self.stop_after:
+                    break
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - start_time
+        result: dict[str, Any] = {"iteration": last_iter, "train_seconds": train_seconds}
+        if last_iter >= s.max_iter:
+            if self.start_iter < s.max_iter or not (self.output_dir / FINAL_WEIGHTS_NAME).exists():
+                self._save_weights(FINAL_WEIGHTS_NAME)
+            metrics = self._evaluate()
+            result.update(metrics)
+            if acc.is_main_process and metrics:
+                self.metrics.write(last_iter, {f"test/{k}": v for k, v in metrics.items() if _is_number(v)})
+        self.metrics.close()
+        return result
+
+    def _step(self, batches: Iterator[Any], it: int) -> dict[str, float]:
+        acc, s = self.accelerator, self.cfg.solver
+        totals: dict[str, float] = {}
+        for micro in range(s.grad_accum_steps):
+            images, targets = next(batches)
+            images, targets = self._to_device(images, targets)
+            last_micro = micro == s.grad_accum_steps - 1
+            ctx = acc.no_sync(self.model) if not last_micro else nullcontext()
+            with ctx:
+                out = self.model(images, targets)
+                losses = {k: v for k, v in out.items() if k.startswith("loss_")}
+                check_finite(losses, it)
+                loss = sum(losses.values()) / s.grad_accum_steps
+                acc.backward(loss)
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v) / s.grad_accum_steps
+        if s.clip_grad_norm > 0:
+            acc.clip_grad_norm_(self.model.parameters(), s.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        totals["loss"] = sum(v for k, v in totals.items() if k.startswith("loss_"))
+        totals["lr"] = lr
+        return totals
+
+    def _evaluate(self) -> dict[str, Any]:
+        model = self.unwrapped
+        metrics = evaluate(model, self.cfg, accelerator=self.accelerator, progress=self.progress)
+        model.train()
+        return metrics
+
+    def _periodic_eval(self, iteration: int) -> None:
+        metrics = self._evaluate()
+        if not self.accelerator.is_main_process or not metrics:
+            return
+        self.metrics.write(iteration, {f"test/{k}": v for k, v in metrics.items() if _is_number(v)})
+        score = float(metrics.get("mAP", float("nan")))
+        if math.isfinite(score) and score > float(self.best.get("mAP", -1.0)):
+            self.best = {"mAP": score, "iteration": iteration}
+            atomic_torch_save(detector_payload(self.unwrapped, self.cfg, self.class_names),
+                              self.output_dir / BEST_WEIGHTS_NAME)
+            logger.info("new best mAP %.4f at iteration %d", score, iteration)
+
+    def _save_weights(self, name: str) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            atomic_torch_save(detector_payload(self.unwrapped, self.cfg, self.class_names), self.output_dir / name)
+        self.accelerator.wait_for_everyone()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+__all__ = ["Trainer", "check_config", "evaluate", "per_process_batch"]

@@ -1,0 +1,148 @@
+"""What every trainer of the project shares: accelerate set-up, the checkpoint dict, resume, the final weights.
+
+:class:`TrainerBase` owns the ``accelerate.Accelerator`` (1 process, N GPUs, N machines; CPU processes over gloo
+when there is no GPU; fp32 / bf16 / fp16), the numbered checkpoints of the output folder, the metrics writer and
+the resolved config file. A subclass builds its data and model, calls :meth:`prepare`, and adds its own state
+through :meth:`extra_state` / :meth:`load_extra_state`. Data order and augmentation are pure functions of
+``(seed, iteration)`` (:mod:`.sampling`), so the checkpoint's iteration is the whole data position and
+``resume`` continues exactly where the run left off.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_everything
+from .config import save_config, to_dict
+from .progress import MetricsWriter
+
+logger = logging.getLogger("resbackbone.engine")
+
+
+class TrainerBase:
+    """Accelerator, checkpoints, resume and metrics of one training run (see the module docstring).
+
+    Args:
+        cfg: the resolved config dataclass (written to ``config.yaml`` and into every checkpoint).
+        output_dir: run folder.
+        seed: seeds python / numpy / torch before anything is built.
+        mixed_precision: "no", "bf16" or "fp16".
+        keep_last: numbered checkpoints kept.
+        cpu: run on CPU even when a GPU is present.
+        progress: show a progress bar (main process only).
+        stop_after: stop (as if killed) after this iteration: used by tests and to split long runs into jobs.
+    """
+
+    # The "format" entry of this trainer's checkpoints.
+    CHECKPOINT_FORMAT = "resnet-det/train-checkpoint"
+
+    def __init__(
+        self,
+        cfg: Any,
+        *,
+        output_dir: str | Path,
+        seed: int,
+        mixed_precision: str,
+        keep_last: int,
+        cpu: bool = False,
+        progress: bool = True,
+        stop_after: int | None = None,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.cfg = cfg
+        self.accelerator = Accelerator(
+            # Without a GPU, accelerate only forms a multi-process (gloo) group when told it runs on CPU.
+            cpu=cpu or not torch.cuda.is_available(),
+            mixed_precision=mixed_precision,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
+        self.progress = progress and self.accelerator.is_main_process
+        self.stop_after = stop_after
+        self.output_dir = Path(output_dir)
+        self.checkpoints = CheckpointManager(self.output_dir, keep_last=keep_last)
+        self.metrics = MetricsWriter(self.output_dir, enabled=self.accelerator.is_main_process)
+        self.start_iter = 0
+        self.class_names: tuple[str, ...] = ()
+        self.model: nn.Module
+        self.optimizer: torch.optim.Optimizer
+        self.scheduler: Any = None
+        seed_everything(seed)
+
+    # ---------------------------------------------------------------------------------------------- set-up
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+        """Hand model and optimizer to accelerate (DDP, mixed precision). The scheduler stays ours: it is stepped
+        once per optimizer step, not once per process as accelerate would."""
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+
+    def write_config(self) -> None:
+        if self.accelerator.is_main_process:
+            save_config(self.cfg, self.output_dir / "config.yaml")
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        """The model without its DDP / compile wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def extra_state(self) -> dict[str, Any]:
+        """Trainer-specific checkpoint entries (plain tensors and Python data only)."""
+        return {}
+
+    def load_extra_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def checkpoint_state(self, iteration: int) -> dict[str, Any]:
+        scaler = self.accelerator.scaler
+        return {
+            "format": self.CHECKPOINT_FORMAT,
+            "iteration": iteration,
+            "model": {k: v.detach().cpu() for k, v in self.unwrapped.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": capture_rng_state(),
+            "config": to_dict(self.cfg),
+            "class_names": list(self.class_names),
+            **self.extra_state(),
+        }
+
+    def save_checkpoint(self, iteration: int) -> Path | None:
+        """Write ``model_{iteration}.pth`` (main process; every process waits for it)."""
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            path = self.checkpoints.save(self.checkpoint_state(iteration), iteration)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def resume(self) -> Path | None:
+        """Continue from the newest checkpoint of the output folder (None and a log line when there is none)."""
+        latest = self.checkpoints.latest()
+        if latest is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
+            return None
+        ckpt = CheckpointManager.load(latest)
+        self.unwrapped.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler") is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng_state(ckpt["rng"])
+        self.start_iter = int(ckpt["iteration"])
+        self.load_extra_state(ckpt)
+        logger.info("resumed from %s at iteration %d", latest, self.start_iter)
+        return latest
+
+
+__all__ = ["TrainerBase"]
