@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from detection.evaluation.voc import evaluate_detections  # noqa: E402
-from detection.evaluation.voc_reference import reference_voc_eval_all  # noqa: E402
+from tests.detection.evaluation.voc_reference import reference_voc_eval_all  # noqa: E402
 
 
 def make_problem(num_images: int, num_classes: int, dets_per_image: int, seed: int) -> tuple[list[dict], list[dict]]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from resbackbone.errors import InputError
 from resbackbone.resnet import ResNet
-from resbackbone.weights import WeightsError, pretrained_state_dict, save_backbone_weights
+from resbackbone.weights import pretrained_state_dict, save_backbone_weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         state, info = pretrained_state_dict(args.weights, args.depth)
-    except (WeightsError, FileNotFoundError, ValueError) as e:
+    except InputError as e:  # the user's input: one line; anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Keep exactly what the source has: no fc in the weights (e.g. a detector's backbone) -> none in the output,

@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from resbackbone.errors import ConfigError, InputError  # noqa: E402
+
 logger = logging.getLogger("export_onnx")
 
 # ONNX opset: 17 has every operator the graph uses (NonMaxSuppression, RoiAlign with half-pixel mode from 16).
@@ -57,7 +59,7 @@ def export(checkpoint: str | Path, output: str | Path, *, backbone_only: bool = 
         size = (int(math.ceil(size[0] / 32) * 32), int(math.ceil(size[1] / 32) * 32))
     h, w = size
     if h < 32 or w < 32:
-        raise ValueError(f"--size {h} {w}: both sides must be >= 32 pixels")
+        raise ConfigError(f"--size {h} {w}: both sides must be >= 32 pixels")
     example = torch.rand(1, 3, h, w) * 255
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, size = export(args.checkpoint, args.output, backbone_only=args.backbone_only,
                             size=tuple(args.size) if args.size else None, opset=args.opset)
-    except ValueError as e:
+    except InputError as e:  # the user's input: one line; anything else is a bug and keeps its traceback
         raise SystemExit(str(e)) from None
     what = "backbone" if args.backbone_only else "detector"
     logger.info("wrote %s %s (%d x %d input, %.1f MB)", what, path, *size, path.stat().st_size / 1e6)

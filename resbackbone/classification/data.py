@@ -1,7 +1,7 @@
 """Classification data: ImageNet / any ImageFolder tree, CIFAR-10 (official python pickles, read safely), and a
 seeded synthetic set; the paper's augmentation; deterministic, resumable, sharded sampling.
 
-Items are ``(uint8 (3, H, W) RGB tensor, int label)``; the engine normalizes on the device.
+Items are ``(uint8 (3, H, W) RGB tensor, int label)``; the trainer normalizes on the device.
 """
 
 from __future__ import annotations

@@ -1,12 +1,17 @@
-"""VOC AP: hand-computed cases, devkit-literal reference loop, results-file round trip, evaluator plumbing."""
+"""detection.evaluation.voc: VOC AP on hand-computed cases, against the devkit-literal reference loop
+(voc_reference.py here), results-file round trip, evaluator plumbing, the real VOC2007 sample."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torchvision.ops import box_iou
 
+from detection.data import build_dataset
+from detection.evaluation import build_evaluator
 from detection.evaluation.voc import (
     VOCEvaluator,
     evaluate_detections,
@@ -14,7 +19,8 @@ from detection.evaluation.voc import (
     to_devkit_boxes,
     voc_ap,
 )
-from detection.evaluation.voc_reference import reference_voc_eval
+from tests.detection.evaluation.voc_reference import reference_voc_eval
+from tests.helpers import SHARED_DATA
 
 
 def _gt(boxes: list, labels: list, difficult: list | None = None) -> dict:
@@ -228,3 +234,19 @@ def test_evaluator_from_dataset_like_and_pr_curves() -> None:
     assert curves["a"]["precision"] == pytest.approx([1.0, 0.5, 2 / 3])
     with pytest.raises(IndexError, match="image index 5"):
         ev.add({"index": 5}, DUP_CASE_DET[0])
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "voc").is_dir(), reason="../shared/data not present")
+def test_real_voc2007_sample_ground_truth_scores_perfectly(tmp_path: Path) -> None:
+    """Real devkit XML through the loader: its own (non-difficult) boxes as detections give AP 1 per class."""
+    dataset = build_dataset("voc07-test", SHARED_DATA / "voc", train=False)
+    ev = build_evaluator(dataset)
+    for i in range(len(dataset)):
+        g = dataset.get_ground_truth(i)
+        keep = ~g["difficult"]
+        ev.add({"index": i, "image_id": g["image_id"]},
+               {"boxes": g["boxes"][keep], "scores": np.linspace(1, 0.5, int(keep.sum())), "labels": g["labels"][keep]})
+    metrics = ev.evaluate()
+    present = {k: v for k, v in metrics["per_class"].items() if v is not None}
+    assert metrics["per_class"]["cat"] is None  # no cat in these test images (see shared/data/README.md)
+    assert present and all(v == pytest.approx(1.0) for v in present.values())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_bn_statistics
 from torch import nn
 
 from resbackbone import FrozenBatchNorm2d, ResNet, convert_frozen_batchnorm, resnet18
+from tests.helpers import randomize_bn_statistics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

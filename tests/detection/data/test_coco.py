@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from detection.data import DataError, build_coco_dataset, build_dataset
+from tests.helpers import SHARED_DATA
 
-REAL_COCO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco" / "val2014-2images"
+REAL_COCO = SHARED_DATA / "coco" / "val2014-2images"
 
 # Category ids with gaps, listed out of order: contiguous labels must follow the sorted ids.
 CATEGORIES = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 3, "name": "car"}]

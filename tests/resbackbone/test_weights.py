@@ -1,18 +1,19 @@
-"""Pretrained-weight conversion and loading: torchvision / timm parity, MSRA pickles, safety, offline message,
-native round trip, the convert CLI."""
+"""resbackbone.weights: pretrained-weight conversion and loading (torchvision / timm parity, MSRA pickles, safety,
+offline message, the torch-hub and HF caches, native round trip).
+
+The convert CLI is tested in tests/tools/test_convert_weights.py.
+"""
 
 from __future__ import annotations
 
 import os
 import pickle
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import load_script, randomize_bn_statistics
 from torch import nn
 
 from resbackbone import resnet101
@@ -25,13 +26,10 @@ from resbackbone.weights import (
     convert_state_dict,
     load_pretrained,
     pretrained_state_dict,
-    reference_shapes,
     safe_load_pickle,
     save_backbone_weights,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
+from tests.helpers import msra_blobs, randomize_bn_statistics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,48 +110,6 @@ def test_torchvision_file_loads_into_a_truncated_backbone_with_its_pixels(tmp_pa
         load_pretrained(ResNet(101, out_features=("res4",)), str(path))  # depth mismatch, keys named
 
 
-def _msra_blobs(depth: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """A Detectron-style blob dict with known random arrays, and the values our keys must receive."""
-    rng = np.random.default_rng(depth)
-    ref = reference_shapes(depth, stride_in_1x1=True)  # every key and shape of our ResNet-depth
-    blobs: dict[str, np.ndarray] = {}
-    expect: dict[str, np.ndarray] = {}
-
-    def put(blob: str, ours: str) -> None:
-        arr = rng.standard_normal(ref[ours], dtype=np.float32)
-        blobs[blob] = arr
-        expect[ours] = arr
-
-    put("conv1_w", "stem.conv1.weight")
-    put("res_conv1_bn_s", "stem.bn1.weight")
-    put("res_conv1_bn_b", "stem.bn1.bias")
-    for key in ref:
-        parts = key.split(".")
-        if not key.startswith("res") or parts[-1] not in ("weight", "bias"):
-            continue
-        stage, block, layer = parts[0][3:], parts[1], ".".join(parts[2:-1])
-        branch = {"conv1": "2a", "conv2": "2b", "conv3": "2c", "downsample.0": "1",
-                  "bn1": "2a_bn", "bn2": "2b_bn", "bn3": "2c_bn", "downsample.1": "1_bn"}[layer]
-        if branch.endswith("_bn"):
-            put(f"res{stage}_{block}_branch{branch[:-3]}_bn_{'s' if parts[-1] == 'weight' else 'b'}", key)
-        else:
-            put(f"res{stage}_{block}_branch{branch}_w", key)
-    put("fc1000_w", "fc.weight")
-    put("fc1000_b", "fc.bias")
-    blobs["res2_0_branch2a_w_momentum"] = np.zeros(1, np.float32)  # optimizer leftovers are ignored
-    return blobs, expect
-
-
-@pytest.fixture(scope="module")
-def msra_r50(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
-    """R-50.pkl in Detectron's layout (protocol 2, {"blobs": ...}) and the arrays it holds, by our key."""
-    blobs, expect = _msra_blobs(50)
-    path = tmp_path_factory.mktemp("msra") / "R-50.pkl"
-    with path.open("wb") as f:
-        pickle.dump({"blobs": blobs}, f, protocol=2)
-    return path, expect
-
-
 def test_msra_pickle_loads_to_the_right_parameters(msra_r50: tuple[Path, dict[str, np.ndarray]]) -> None:
     path, expect = msra_r50
     state, info = pretrained_state_dict(str(path), 50)
@@ -209,7 +165,7 @@ def test_strict_conversion_names_bad_keys() -> None:
     partial = {k: v for k, v in tv50.items() if k != "layer2.1.conv2.weight"}
     with pytest.raises(WeightsError, match=r"missing 1 keys.*res3\.1\.conv2\.weight"):
         convert_state_dict(partial, "torchvision", depth=50)
-    blobs, _ = _msra_blobs(50)
+    blobs, _ = msra_blobs(50)
     del blobs["res4_5_branch2b_bn_b"]
     with pytest.raises(WeightsError, match=r"missing 1 keys.*res4\.5\.bn2\.bias"):
         convert_state_dict(blobs, "msra", depth=50)
@@ -309,30 +265,3 @@ def test_native_round_trip(tmp_path: Path) -> None:
     load_pretrained(full, str(path))
     assert torch.equal(full.fc.weight, fc_before)
     assert torch.equal(full.res5[2].conv3.weight, model.res5[2].conv3.weight)
-
-
-def _convert_tool() -> ModuleType:
-    return load_script("tools/convert_weights.py")
-
-
-def test_convert_weights_cli(msra_r50: tuple[Path, dict[str, np.ndarray]], tmp_path: Path,
-                             capsys: pytest.CaptureFixture[str]) -> None:
-    # In-process (the tool is a thin argparse wrapper): a subprocess would spend most of its time importing torch.
-    tool = _convert_tool()
-    src, expect = msra_r50
-    out = tmp_path / "r50.pth"
-    assert tool.main(["--weights", str(src), "--depth", "50", "--output", str(out)]) == 0
-    assert "msra" in capsys.readouterr().out
-    state, info = pretrained_state_dict(str(out), 50)
-    assert info.source == "resbackbone" and info.stride_in_1x1 and info.pixel_spec == MSRA_PIXELS
-    assert np.array_equal(state["res5.2.conv3.weight"].numpy(), expect["res5.2.conv3.weight"])
-    assert np.array_equal(state["fc.weight"].numpy(), expect["fc.weight"])
-    # Weights without an fc (a detector's backbone) convert without inventing one.
-    headless = tmp_path / "headless.pth"
-    torch.save({k: v for k, v in state.items() if not k.startswith("fc.")}, headless)
-    out2 = tmp_path / "r50_headless.pth"
-    assert tool.main(["--weights", str(headless), "--depth", "50", "--output", str(out2)]) == 0
-    assert "fc.weight" not in torch.load(out2, weights_only=True)["state_dict"]
-    assert tool.main(["--weights", str(tmp_path / "nope.pth"), "--depth", "50", "--output", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "nope.pth" in err and "Traceback" not in err

@@ -1,7 +1,8 @@
 """The literal py-faster-rcnn ``voc_eval`` (one Python iteration per detection), kept as an independent oracle.
 
 It is deliberately *not* what the evaluator runs (see :mod:`detection.evaluation.voc` for the vectorized
-version): tests check the evaluator against it, and ``benchmarks/bench_voc_eval.py`` times the two side by side.
+version), and not part of the package: tests/detection/evaluation/test_voc.py checks the evaluator against it, and
+``benchmarks/bench_voc_eval.py`` times the two side by side.
 Inputs use our box convention (XYXY continuous pixels) and are converted to devkit 1-based boxes first.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .voc import to_devkit_boxes
+from detection.evaluation.voc import to_devkit_boxes
 
 
 def reference_voc_eval(

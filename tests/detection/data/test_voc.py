@@ -1,9 +1,8 @@
-"""PASCAL VOC loading on generated trees in the official devkit layout, and on the real VOC2007 sample."""
+"""detection.data.voc: PASCAL VOC loading on generated trees in the official devkit layout, and on the real VOC2007
+sample."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
@@ -11,71 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from detection.data import DATASET_NAMES, VOC_CLASSES, DataError, build_dataset, get_data_root
+from detection.data import VOC_CLASSES, DataError, build_dataset
+from tests.helpers import SHARED_DATA, voc_xml
 
-REAL_VOC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "voc"
-
-
-def _xml(filename: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int], int]]) -> str:
-    """An annotation file as the devkit writes it (1-based inclusive bndbox, folder/filename/source/size)."""
-    objs = "".join(
-        f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
-        f"\t\t<difficult>{difficult}</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>{x1}</xmin>\n\t\t\t<ymin>{y1}</ymin>\n"
-        f"\t\t\t<xmax>{x2}</xmax>\n\t\t\t<ymax>{y2}</ymax>\n\t\t</bndbox>\n\t</object>\n"
-        for name, (x1, y1, x2, y2), difficult in objects
-    )
-    return (
-        f"<annotation>\n\t<folder>VOC2007</folder>\n\t<filename>{filename}</filename>\n"
-        f"\t<source>\n\t\t<database>The VOC2007 Database</database>\n\t</source>\n"
-        f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
-        f"\t<segmented>0</segmented>\n{objs}</annotation>\n"
-    )
-
-
-def write_voc_year(
-    root: Path, year: str, images: dict[str, tuple[int, int, list]], splits: dict[str, list[str]],
-    *, filename_for: dict[str, str] | None = None,
-) -> Path:
-    """``<root>/VOCdevkit/VOC<year>/{Annotations, JPEGImages, ImageSets/Main}`` with small random JPEGs."""
-    year_dir = root / "VOCdevkit" / f"VOC{year}"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (year_dir / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(int(year))
-    for image_id, (w, h, objects) in images.items():
-        cv2.imwrite(str(year_dir / "JPEGImages" / f"{image_id}.jpg"), rng.integers(0, 256, (h, w, 3), np.uint8))
-        fname = (filename_for or {}).get(image_id, f"{image_id}.jpg")
-        (year_dir / "Annotations" / f"{image_id}.xml").write_text(_xml(fname, w, h, objects))
-    for split, ids in splits.items():
-        (year_dir / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    return year_dir
-
-
-@pytest.fixture
-def voc_root(tmp_path: Path) -> Path:
-    """VOC2007 (3 trainval + 2 test) and VOC2012 (2 trainval) trees; image sizes 40-64 px."""
-    write_voc_year(
-        tmp_path, "2007",
-        {
-            "000005": (64, 48, [("chair", (1, 1, 10, 20), 0), ("person", (5, 6, 30, 40), 1)]),
-            "000007": (48, 64, [("car", (10, 12, 40, 60), 0)]),
-            "000009": (60, 40, [("dog", (2, 3, 50, 30), 1)]),  # only a difficult box
-            "000001": (50, 50, [("cat", (1, 1, 50, 50), 0)]),
-            "000002": (40, 60, [("train", (3, 4, 20, 21), 0)]),
-        },
-        {"trainval": ["000005", "000007", "000009"], "train": ["000005", "000007"], "val": ["000009"],
-         "test": ["000001", "000002"]},
-        # Lies like the real VOC2012 copies of VOC2007 images: loaders must go by id, not by <filename>.
-        filename_for={"000005": "2007_000005.jpg", "000007": "does_not_exist.jpg"},
-    )
-    write_voc_year(
-        tmp_path, "2012",
-        {
-            "2008_000001": (64, 64, [("bird", (10, 10, 20, 20), 0)]),
-            "2008_000002": (56, 44, [("boat", (1, 2, 56, 44), 0), ("bottle", (3, 3, 9, 9), 0)]),
-        },
-        {"trainval": ["2008_000001", "2008_000002"], "train": ["2008_000001"], "val": ["2008_000002"]},
-    )
-    return tmp_path
+REAL_VOC = SHARED_DATA / "voc"
 
 
 def test_one_based_inclusive_becomes_continuous_xyxy(voc_root: Path) -> None:
@@ -147,12 +85,6 @@ def test_concatenations_07_plus_12(voc_root: Path) -> None:
     assert build_dataset("voc12-trainval", voc_root, train=False).default_metric == "voc"
 
 
-def test_unknown_name_lists_valid_names(voc_root: Path) -> None:
-    with pytest.raises(ValueError, match="valid names") as e:
-        build_dataset("voc2007", voc_root, train=False)
-    assert all(n in str(e.value) for n in DATASET_NAMES)
-
-
 def test_missing_tree_and_split_name_the_path(tmp_path: Path, voc_root: Path) -> None:
     with pytest.raises(DataError, match="README") as e:
         build_dataset("voc07-test", tmp_path / "nowhere", train=False)
@@ -167,10 +99,10 @@ def test_malformed_xml_and_unknown_class_name_the_file(voc_root: Path) -> None:
     (ann / "000001.xml").write_text("<annotation><size><width>50</width>")  # truncated
     with pytest.raises(DataError, match=r"000001\.xml"):
         build_dataset("voc07-test", voc_root, train=False)
-    (ann / "000001.xml").write_text(_xml("000001.jpg", 50, 50, [("unicorn", (1, 1, 5, 5), 0)]))
+    (ann / "000001.xml").write_text(voc_xml("000001.jpg", 50, 50, [("unicorn", (1, 1, 5, 5), 0)]))
     with pytest.raises(DataError, match=r"000001\.xml.*unicorn"):
         build_dataset("voc07-test", voc_root, train=False)
-    (ann / "000001.xml").write_text(_xml("000001.jpg", 50, 50, [("cat", (1, 1, 5, 5), 0)]).replace(
+    (ann / "000001.xml").write_text(voc_xml("000001.jpg", 50, 50, [("cat", (1, 1, 5, 5), 0)]).replace(
         "<xmax>5</xmax>", "<xmax>five</xmax>"))
     with pytest.raises(DataError, match=r"000001\.xml"):
         build_dataset("voc07-test", voc_root, train=False)
@@ -192,41 +124,6 @@ def test_corrupt_image_names_the_file_or_is_skipped(voc_root: Path) -> None:
     image, target = evaluation[0]  # evaluation: the same image id, a black image, flagged
     assert target["image_id"] == "000001" and target["skipped"] and image.max() == 0
     assert evaluation.num_skipped == 1 and not evaluation[1][1]["skipped"]
-
-
-def test_data_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("RESDET_DATA_ROOT", str(tmp_path / "env"))
-    assert get_data_root(tmp_path / "flag") == tmp_path / "flag"
-    assert get_data_root() == tmp_path / "env"
-    monkeypatch.delenv("RESDET_DATA_ROOT")
-    assert get_data_root() == Path(__file__).resolve().parents[1] / "datasets"
-    # Installed into site-packages (no checkout around the package): ./datasets of the working directory.
-    import resbackbone.engine.paths as paths
-
-    monkeypatch.setattr(paths, "checkout_datasets_dir", lambda: None)
-    monkeypatch.chdir(tmp_path)
-    assert get_data_root() == tmp_path / "datasets"
-
-
-def test_prepare_script_reports_present_missing_and_broken(
-    voc_root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # datasets/ is not a package (see DESIGN.md): load the script by path.
-    script = Path(__file__).resolve().parents[1] / "datasets" / "prepare.py"
-    spec = importlib.util.spec_from_file_location("resdet_prepare", script)
-    prepare = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "resdet_prepare", prepare)  # dataclasses look their module up
-    spec.loader.exec_module(prepare)  # type: ignore[union-attr]
-    assert prepare.main(["--data-root", str(voc_root), "--datasets", "voc07-test", "voc07+12"]) == 0
-    out = capsys.readouterr().out
-    assert "OK       voc07-test                 2 images (official release: 4952" in out
-    assert "OK       voc07+12                   5 images (official release: 16551" in out
-    assert prepare.main(["--data-root", str(voc_root), "--datasets", "coco2017-val"]) == 1
-    assert str(voc_root / "coco" / "annotations" / "instances_val2017.json") in capsys.readouterr().out
-    (voc_root / "VOCdevkit/VOC2012/JPEGImages/2008_000002.jpg").unlink()
-    assert prepare.main(["--data-root", str(voc_root)]) == 1  # a present set is broken
-    out = capsys.readouterr().out
-    assert "BROKEN   voc12-trainval" in out and "2008_000002.jpg" in out and "MISSING  synthetic-test" in out
 
 
 @pytest.mark.skipif(not REAL_VOC.is_dir(), reason="../shared/data/voc (real VOC2007 sample) not present")

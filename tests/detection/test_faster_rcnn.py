@@ -1,4 +1,7 @@
-"""FasterRCNN end to end: the forward contract, degenerate inputs, gradients, building from config, learning."""
+"""detection.faster_rcnn: the forward contract, degenerate inputs, gradients, building from config (DC5, timm and
+pretrained trunks), learning a toy set."""
+
+from __future__ import annotations
 
 import copy
 
@@ -6,25 +9,10 @@ import pytest
 import torch
 
 from detection import FasterRCNN, build_faster_rcnn
-from detection.config import ModelConfig
 from resbackbone.pixels import TORCHVISION_PIXELS
+from tests.helpers import tiny_config
 
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg"}
-
-
-def tiny_config(arch: str = "C4", *, freeze_at: int = 0, name: str = "resnet18") -> ModelConfig:
-    """A CPU-sized detector: 64-128 px images, small anchors, 7x7 pooling, few RoIs."""
-    cfg = ModelConfig(arch=arch, num_classes=3)
-    cfg.backbone.name = name
-    cfg.backbone.freeze_at = freeze_at
-    cfg.anchors.sizes = (16.0, 32.0, 64.0)
-    cfg.rpn.post_nms_topk_train = 64
-    cfg.rpn.pre_nms_topk_test = 200
-    cfg.rpn.post_nms_topk_test = 16
-    cfg.roi_heads.pooler_resolution = 7
-    cfg.roi_heads.batch_size_per_image = 16
-    cfg.roi_heads.fc_dim = 64
-    return cfg
 
 
 def _images(n: int = 2, size: int = 64, seed: int = 0) -> list[torch.Tensor]:
@@ -178,28 +166,6 @@ def test_timm_backbone() -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     dets = model.eval()(_images(1))
     assert dets[0]["boxes"].shape[1] == 4
-
-
-def test_timm_backbone_weights_from_a_local_file(tmp_path) -> None:
-    """A timm weights file (as timm saves it: the full classifier's state dict) initializes the stride-16 trunk,
-    with the model's own pixel statistics; names of our ResNet weights and unknown models are refused."""
-    timm = pytest.importorskip("timm")
-    from detection.backbone import TimmTrunk
-
-    torch.manual_seed(0)
-    reference = timm.create_model("resnet10t", features_only=True, out_indices=(3,)).eval()
-    full = timm.create_model("resnet10t")
-    full.load_state_dict({**full.state_dict(), **reference.state_dict()})  # same trunk weights in both
-    path = tmp_path / "resnet10t.pth"
-    torch.save(full.state_dict(), path)
-    trunk = TimmTrunk("resnet10t", weights=str(path)).eval()
-    x = torch.randn(1, 3, 64, 96)
-    torch.testing.assert_close(trunk(x), reference(x)[-1])
-    assert trunk.pixel_spec.std[0] == pytest.approx(255 * 0.229)
-    with pytest.raises(ValueError, match="torchvision/msra weights belong"):
-        TimmTrunk("resnet10t", weights="torchvision")
-    with pytest.raises(ValueError, match="unknown timm model 'not_a_model'"):
-        TimmTrunk("not_a_model")
 
 
 def draw_shapes(n: int, size: int = 128, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:

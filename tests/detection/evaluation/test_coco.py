@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from detection.evaluation.coco import COCO_STAT_NAMES, COCOEvaluator, evaluate_coco_results
+from tests.helpers import COCO_REFERENCE, SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco"
-REFERENCE = dict(AP=0.503647, AP50=0.696973, AP75=0.571667, APs=0.593252, APm=0.557991, APl=0.489363,
-                 AR1=0.386813, AR10=0.593680, AR100=0.595353, ARs=0.654764, ARm=0.603130, ARl=0.553744)
+SHARED = SHARED_DATA / "coco"
+REFERENCE = COCO_REFERENCE
 CATEGORIES = [{"id": 3, "name": "car"}, {"id": 7, "name": "train"}, {"id": 11, "name": "hydrant"}]
 CONTIGUOUS = {0: 3, 1: 7, 2: 11}
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 # Modules `import resbackbone; resbackbone.resnet50()` must not load.
 HEAVY = ("accelerate", "timm", "cv2", "yaml", "tensorboard", "albumentations", "pycocotools")
 

@@ -1,0 +1,65 @@
+"""detection.predictor: the Predictor on the shared tiny ResNet-18 C4 detector equals the plain model; BatchNorm
+folding keeps its detections; image listing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detection.config import load_detection_config
+from detection.faster_rcnn import FasterRCNN, build_faster_rcnn
+from detection.predictor import Predictor, list_images
+from detection.tta import resize_for_test
+from tests.helpers import TINY_CLASSES, TINY_DETECTOR, noise_image
+
+
+def test_list_images_single_file(tmp_path: Path) -> None:
+    f = tmp_path / "x.jpg"
+    f.write_bytes(b"")
+    assert list_images(f) == [f]
+
+
+def test_predictor_without_tta_is_exactly_the_plain_model(tiny_detector: FasterRCNN) -> None:
+    image = noise_image(80, 120, 3)  # resized to 64 x 96 by the test resize
+    got = Predictor(tiny_detector, min_size=64, max_size=96, device="cpu")([image])[0]
+    with torch.inference_mode():
+        tensor = resize_for_test(image, 64, 96)
+        assert tuple(tensor.shape) == (3, 64, 96)
+        ref = tiny_detector([tensor], orig_sizes=[(80, 120)])[0]
+    assert len(ref["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(got[key], ref[key]), key
+
+
+@pytest.mark.parametrize("norm", ["bn", "frozen_bn"])
+def test_fold_batchnorm_keeps_detections(norm: str) -> None:
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from resbackbone.frozen_bn import fold_batchnorm
+
+    cfg = load_detection_config(None, [*TINY_DETECTOR, f"model.backbone.norm={norm}"])
+    torch.manual_seed(1)
+    model = build_faster_rcnn(cfg.model, class_names=TINY_CLASSES)
+    with torch.no_grad():  # non-trivial statistics, so that folding has something to get wrong
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    image = noise_image(64, 96, 9)
+    plain = Predictor(model, min_size=64, max_size=96, device="cpu")([image])[0]
+    fused_predictor = Predictor(model, min_size=64, max_size=96, device="cpu", fuse_bn=True)
+    fused = fused_predictor([image])[0]
+    n_norm = sum(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in model.modules())
+    assert n_norm > 0  # the caller's model is untouched
+    assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in fused_predictor.model.modules())
+    assert len(plain["boxes"]) > 0 and len(fused["boxes"]) == len(plain["boxes"])
+    torch.testing.assert_close(fused["boxes"], plain["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(fused["scores"], plain["scores"], atol=1e-4, rtol=0)
+    assert torch.equal(fused["labels"], plain["labels"])
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(model.train())

@@ -1,0 +1,67 @@
+"""resbackbone.engine.sampling: training batches are a pure function of (seed, iteration) (exact resume, disjoint
+ranks, aspect grouping, epoch coverage); inference shards cover every index once."""
+
+from __future__ import annotations
+
+import pytest
+
+from resbackbone.engine.sampling import InferenceSampler, TrainBatchSampler
+from tests.helpers import take_batches
+
+# 7 landscape (w/h >= 1) and 5 portrait images.
+RATIOS = [1.33, 0.75, 1.0, 1.5, 0.6, 1.2, 0.8, 2.0, 0.5, 1.33, 1.33, 0.7]
+
+
+def test_train_batches_are_a_pure_function_of_seed_and_iteration() -> None:
+    a = take_batches(TrainBatchSampler(RATIOS, 2, seed=7), 30)
+    assert a == take_batches(TrainBatchSampler(RATIOS, 2, seed=7), 30)
+    assert a != take_batches(TrainBatchSampler(RATIOS, 2, seed=8), 30)
+    s = TrainBatchSampler(RATIOS, 2, seed=7)
+    assert [s.global_batch_at(k) for k in range(30)] == a
+    assert all(len(b) == 2 for b in a)
+
+
+def test_start_iter_resumes_exactly() -> None:
+    full = take_batches(TrainBatchSampler(RATIOS, 2, seed=3), 40)
+    for k in (1, 5, 6, 17, 33):  # inside the first epoch, at epoch boundaries, several epochs on
+        assert take_batches(TrainBatchSampler(RATIOS, 2, seed=3, start_iter=k), 40 - k) == full[k:]
+
+
+def test_ranks_are_disjoint_and_together_the_global_batch() -> None:
+    single = take_batches(TrainBatchSampler(RATIOS, 4, seed=11), 12)  # one process, global batch 4
+    per_rank = [take_batches(TrainBatchSampler(RATIOS, 2, seed=11, num_replicas=2, rank=r), 12) for r in (0, 1)]
+    for k in range(12):
+        assert not set(per_rank[0][k]) & set(per_rank[1][k])
+        assert per_rank[0][k] + per_rank[1][k] == single[k]
+    resumed = take_batches(TrainBatchSampler(RATIOS, 2, seed=11, num_replicas=2, rank=1, start_iter=5), 7)
+    assert resumed == per_rank[1][5:]
+
+
+def test_aspect_grouping_and_epoch_coverage() -> None:
+    s = TrainBatchSampler(RATIOS, 2, seed=0)
+    per_epoch = 7 // 2 + 5 // 2  # full batches per orientation group
+    for epoch in range(3):
+        batches = [s.global_batch_at(epoch * per_epoch + k) for k in range(per_epoch)]
+        for b in batches:
+            assert len({RATIOS[i] >= 1.0 for i in b}) == 1  # all landscape or all portrait
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat)) == 2 * per_epoch  # no image twice within an epoch
+    ungrouped = take_batches(TrainBatchSampler(RATIOS, 3, seed=0, aspect_grouping=False), 8)
+    assert any(len({RATIOS[i] >= 1.0 for i in b}) == 2 for b in ungrouped)
+    tiny = take_batches(TrainBatchSampler([1.0, 0.5], 4, seed=0), 3)  # fewer images than a batch still works
+    assert all(len(b) == 4 and set(b) <= {0, 1} for b in tiny)
+
+
+def test_sampler_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        TrainBatchSampler([], 2, seed=0)
+    with pytest.raises(ValueError, match="rank 2"):
+        TrainBatchSampler(RATIOS, 2, seed=0, num_replicas=2, rank=2)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 10])
+def test_inference_shards_cover_every_index_once(n: int) -> None:
+    shards = [list(InferenceSampler(n, 3, r)) for r in range(3)]
+    assert [i for s in shards for i in s] == list(range(n))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert list(InferenceSampler(n)) == list(range(n))
