@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from resbackbone.engine.checkpoint import check_finite_state
 from resbackbone.engine.config import from_dict, to_dict
 from resbackbone.engine.progress import Progress, check_finite
 from resbackbone.engine.schedule import build_lr_scheduler, sgd_from_config
@@ -136,6 +137,15 @@ class Trainer(TrainerBase):
         if to_dict(replace(saved, solver=self.cfg.solver, test=self.cfg.test)) != to_dict(self.cfg):
             logger.warning("resuming with a config that differs from the checkpoint's (model/data)")
         self.best = dict(ckpt.get("best") or {})
+        # The lr of this invocation applies: a run resumed with another solver.base_lr (e.g. after a divergence)
+        # must not continue at the checkpoint's. Unchanged, this recomputes exactly the lr the scheduler had.
+        base, old = self.cfg.solver.base_lr, list(self.scheduler.base_lrs)
+        if any(b != base for b in old):
+            logger.info("resuming with solver.base_lr=%g (the checkpoint had %s)", base, old)
+        self.scheduler.base_lrs = [base] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(self.scheduler.last_epoch)
 
     # --------------------------------------------------------------------------------------------------- loop
 
@@ -207,7 +217,8 @@ class Trainer(TrainerBase):
             with ctx:
                 out = self.model(images, targets)
                 losses = {k: v for k, v in out.items() if k.startswith("loss_")}
-                check_finite(losses, it)
+                # Numbered as the checkpoints are: iteration it + 1 is the one that would be saved as it + 1.
+                check_finite(losses, it + 1)
                 loss = sum(losses.values()) / s.grad_accum_steps
                 acc.backward(loss)
             for k, v in out.items():
@@ -236,14 +247,17 @@ class Trainer(TrainerBase):
         score = float(metrics.get("mAP", float("nan")))
         if math.isfinite(score) and score > float(self.best.get("mAP", -1.0)):
             self.best = {"mAP": score, "iteration": iteration}
-            atomic_torch_save(detector_payload(self.unwrapped, self.cfg, self.class_names),
-                              self.output_dir / BEST_WEIGHTS_NAME)
+            payload = detector_payload(self.unwrapped, self.cfg, self.class_names)
+            check_finite_state(payload, BEST_WEIGHTS_NAME)
+            atomic_torch_save(payload, self.output_dir / BEST_WEIGHTS_NAME)
             logger.info("new best mAP %.4f at iteration %d", score, iteration)
 
     def _save_weights(self, name: str) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            atomic_torch_save(detector_payload(self.unwrapped, self.cfg, self.class_names), self.output_dir / name)
+            payload = detector_payload(self.unwrapped, self.cfg, self.class_names)
+            check_finite_state(payload, name)
+            atomic_torch_save(payload, self.output_dir / name)
         self.accelerator.wait_for_everyone()
 
 

@@ -20,6 +20,7 @@ import sys
 from dataclasses import replace
 
 from resbackbone.classification import ClassificationTrainer, load_cls_config
+from resbackbone.engine.checkpoint import CheckpointManager
 from resbackbone.engine.progress import NonFiniteLossError
 from resbackbone.engine.schedule import rescale_schedule
 from resbackbone.errors import InputError
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
+    # Intermixed: key=value overrides may stand before, between or after the flags.
+    args = p.parse_intermixed_args(argv)
     if args.eval_only and not args.checkpoint:
         print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
         return 2
@@ -72,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"error: {e}; the last good checkpoint is in {cfg.output_dir}", file=sys.stderr)
+        latest = CheckpointManager(cfg.output_dir).latest()
+        kept = f"the last good checkpoint is {latest}" if latest else f"no checkpoint was written to {cfg.output_dir}"
+        print(f"error: {e}; {kept}", file=sys.stderr)
         return 3
     if trainer.accelerator.is_main_process:
         print(json.dumps(result, indent=1))

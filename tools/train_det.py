@@ -33,6 +33,7 @@ from detection.config import (  # noqa: E402
     default_config_name,
     load_detection_config,
 )
+from resbackbone.engine.checkpoint import CheckpointManager  # noqa: E402
 from resbackbone.engine.progress import NonFiniteLossError  # noqa: E402
 from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule  # noqa: E402
 from resbackbone.errors import InputError  # noqa: E402
@@ -56,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return p.parse_args(argv)
+    # Intermixed: key=value overrides may stand before, between or after the flags.
+    return p.parse_intermixed_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> DetectionConfig:
@@ -133,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        print(f"error: {e}; the last good checkpoint is in {cfg.output_dir}", file=sys.stderr)
+        latest = CheckpointManager(cfg.output_dir).latest()
+        kept = f"the last good checkpoint is {latest}" if latest else f"no checkpoint was written to {cfg.output_dir}"
+        print(f"error: {e}; {kept}", file=sys.stderr)
         return 3
     if trainer.accelerator.is_main_process:
         summary = {k: v for k, v in result.items() if k != "per_class" and not isinstance(v, dict)}

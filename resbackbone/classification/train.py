@@ -190,7 +190,7 @@ class ClassificationTrainer(TrainerBase):
                 logits = self.forward_model(x)
                 loss = (F.cross_entropy(logits.float(), target, label_smoothing=s.label_smoothing)
                         if self.mixup is None else torch.sum(-target * F.log_softmax(logits.float(), 1), 1).mean())
-                check_finite({"loss": loss}, it)
+                check_finite({"loss": loss}, it + 1)  # numbered as the checkpoints are
                 acc.backward(loss)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)

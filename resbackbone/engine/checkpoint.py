@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..serialization import atomic_torch_save, atomic_write_text, load_torch_file
+from .progress import NonFiniteLossError
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -66,6 +67,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def non_finite_tensors(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a (nested) dict / list that hold NaN or infinity."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix or "tensor"] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, Mapping):
+        return [n for k, v in obj.items() for n in non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [n for i, v in enumerate(obj) for n in non_finite_tensors(v, f"{prefix}[{i}]")]
+    return []
+
+
+def check_finite_state(state: Any, what: str) -> None:
+    """Refuse to write ``what`` when a tensor in ``state`` is not finite: a checkpoint is only ever a good one
+    (resuming from inf BatchNorm statistics or momentum would fail the same way again)."""
+    bad = non_finite_tensors(state)
+    if bad:
+        raise NonFiniteLossError(f"not writing {what}: {len(bad)} tensor(s) hold NaN/inf, e.g. {bad[:4]}")
+
+
 class CheckpointManager:
     """Numbered checkpoints ``model_{iteration:07d}.pth`` in ``directory``, written atomically, last K kept.
 
@@ -85,7 +105,10 @@ class CheckpointManager:
         return self.directory / f"model_{iteration:07d}.pth"
 
     def save(self, state: Mapping[str, Any], iteration: int) -> Path:
+        """Write ``model_{iteration}.pth`` and point ``last_checkpoint`` at it; a state holding NaN / inf tensors is
+        refused (:class:`NonFiniteLossError`) and nothing on disk changes."""
         path = self.path_for(iteration)
+        check_finite_state(state, path.name)
         atomic_torch_save(dict(state), path)
         atomic_write_text(self.directory / self.POINTER, path.name + "\n")
         self._prune()
@@ -115,4 +138,5 @@ class CheckpointManager:
         return load_torch_file(path, map_location)
 
 
-__all__ = ["CheckpointManager", "capture_rng_state", "restore_rng_state", "seed_everything"]
+__all__ = ["CheckpointManager", "capture_rng_state", "check_finite_state", "non_finite_tensors", "restore_rng_state",
+           "seed_everything"]

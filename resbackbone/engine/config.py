@@ -9,6 +9,7 @@ The one config loader of the detection and classification trainers. Rules:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from ..errors import ConfigError
 from ..serialization import atomic_write_text
 
 T = TypeVar("T")
+# A decimal float as people write it: 1e-4, .5, 2., -3E+2 (not "nan" / "inf", which are not config values).
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(tp: Any) -> str:
@@ -67,6 +70,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a mapping for section {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads "1e-4" as a string: it needs "1.0e-4". Accept every float a person writes.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)

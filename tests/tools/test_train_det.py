@@ -131,3 +131,10 @@ def test_backbone_flag_takes_any_timm_model_name() -> None:
     assert (cfg.model.backbone.name, cfg.model.backbone.weights) == ("resnet50", "torchvision")
     cfg = train_det.resolve_config(train_det.parse_args(["--backbone", "timm:resnet10t", "--backbone-weights", "none"]))
     assert (cfg.model.backbone.name, cfg.model.backbone.weights) == ("timm:resnet10t", "none")
+
+
+def test_overrides_may_stand_between_the_flags() -> None:
+    args = train_det.parse_args(["solver.base_lr=0.01", "--cpu", "solver.max_iter=7", "--max-iter", "5"])
+    assert args.cpu and args.max_iter == 5 and args.overrides == ["solver.base_lr=0.01", "solver.max_iter=7"]
+    cfg = train_det.resolve_config(args)
+    assert (cfg.solver.base_lr, cfg.solver.max_iter) == (0.01, 5)

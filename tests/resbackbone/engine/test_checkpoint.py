@@ -50,3 +50,30 @@ def test_checkpoint_load_refuses_arbitrary_pickles(tmp_path: Path) -> None:
         CheckpointManager.load(path)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         CheckpointManager.load(tmp_path / "missing.pth")
+
+
+def test_a_non_finite_state_is_never_written(tmp_path: Path) -> None:
+    """A checkpoint holding NaN / inf (e.g. BatchNorm statistics blown up by a huge lr) is refused with the file
+    it would have been; the previous checkpoint and the pointer to it stay as they were."""
+    from resbackbone.engine.progress import NonFiniteLossError
+
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    good = mgr.save({"model": {"bn.running_var": torch.ones(3)}, "iteration": 10}, 10)
+    model = {"bn.running_var": torch.tensor([1.0, float("inf"), 1.0]), "step": torch.zeros(2, dtype=torch.uint8)}
+    optimizer = {"state": {0: {"momentum_buffer": torch.tensor([float("nan")])}}}
+    bad = {"model": model, "optimizer": optimizer, "iteration": 20}
+    with pytest.raises(NonFiniteLossError, match=r"model_0000020\.pth.*model\.bn\.running_var"):
+        mgr.save(bad, 20)
+    assert mgr.checkpoints() == [good] and mgr.latest() == good
+    assert not list(tmp_path.glob("*.tmp")) and not mgr.path_for(20).exists()
+
+
+def test_checkpoints_get_the_permissions_of_a_plain_file(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = CheckpointManager(tmp_path).save({"iteration": 1}, 1)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: other users of a shared run may read it

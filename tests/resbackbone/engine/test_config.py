@@ -59,3 +59,15 @@ def test_parse_overrides_nests_and_parses_yaml() -> None:
     assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x"]) == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_floats_written_the_way_people_write_them(tmp_path: Path) -> None:
+    """PyYAML reads ``1e-4`` (no dot) as a string; every decimal float form must load as a number, in files and
+    in overrides, while text that is not a number stays an error naming the key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("solver:\n  weight_decay: 1e-4\n  base_lr: 2E-3\n")
+    cfg = load_detection_config(path, ["solver.momentum=.9", "model.rpn.nms_thresh=7e-1"])
+    assert (cfg.solver.weight_decay, cfg.solver.base_lr, cfg.solver.momentum) == (1e-4, 2e-3, 0.9)
+    assert cfg.model.rpn.nms_thresh == 0.7
+    with pytest.raises(ConfigError, match="solver.base_lr.*expected a number"):
+        load_detection_config(None, ["solver.base_lr=fast"])
