@@ -57,8 +57,15 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own message suggests weights_only=False; that is exactly what must not happen to a foreign file.
+        raise CheckpointError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain data, and unpickling "
+            f"them could run code (weights_only=True refused: {str(e).splitlines()[0][:200]})"
+        ) from e
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        reason = str(e).splitlines()[0][:300] if str(e) else "empty or truncated file"
+        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {reason}") from e
 
 
 def _umask() -> int:

@@ -227,7 +227,10 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Any], Source, dict[st
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise WeightsError(f"{path}: refused by torch.load(weights_only=True): {e}") from e
+            raise WeightsError(
+                f"{path}: refusing to load: it holds Python objects other than tensors and plain data, and "
+                f"unpickling them could run code (weights_only=True refused: {str(e).splitlines()[0][:200]})"
+            ) from e
         except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one line naming it
             raise WeightsError(f"{path}: not a readable weights file ({type(e).__name__}: {e})") from e
     state, meta = _unwrap(obj, path)

@@ -77,3 +77,22 @@ def test_checkpoints_get_the_permissions_of_a_plain_file(tmp_path: Path) -> None
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: other users of a shared run may read it
+
+
+def test_unsafe_empty_and_truncated_files_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("executed",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(RuntimeError, match=r"refusing to load .*evil\.pth.*could run code") as err:
+        CheckpointManager.load(tmp_path / "evil.pth")
+    assert "weights_only=False" not in str(err.value)  # never the hint to turn the safety off
+    (tmp_path / "empty.pth").write_bytes(b"")
+    mgr = CheckpointManager(tmp_path)
+    good = mgr.save({"iteration": 1, "w": torch.ones(1000)}, 1)
+    (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:300])
+    for name in ("empty.pth", "cut.pth"):
+        with pytest.raises(RuntimeError, match=rf"cannot load .*{name}") as err:
+            CheckpointManager.load(tmp_path / name)
+        assert "\n" not in str(err.value)
