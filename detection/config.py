@@ -132,6 +132,9 @@ class DataConfig:
     use_difficult: bool = False
     # Drop training images that have no usable box.
     filter_empty: bool = True
+    # Unreadable images / annotations: false stops with an error naming the file; true skips and counts them
+    # (training substitutes another image, evaluation scores a black image so its objects count as missed).
+    skip_bad: bool = False
     # Data loader worker processes per training process, and aspect-ratio grouped batching.
     num_workers: int = 2
     aspect_grouping: bool = True

@@ -145,6 +145,7 @@ def build_train_dataset(cfg: DataConfig) -> DetectionDataset:
         photometric=cfg.photometric,
         use_difficult=cfg.use_difficult,
         filter_empty=cfg.filter_empty,
+        skip_bad=cfg.skip_bad,
     )
     if len(dataset) == 0:
         raise DataError(f"training dataset {cfg.train!r} yields no trainable image (after filtering empty images)")
@@ -154,4 +155,4 @@ def build_train_dataset(cfg: DataConfig) -> DetectionDataset:
 def build_test_dataset(cfg: DataConfig, name: str | None = None) -> DetectionDataset:
     """The evaluation set ``name`` (default ``cfg.test``) at the test size of ``cfg``."""
     return build_dataset(name or cfg.test, cfg.root, train=False, min_size=cfg.min_size_test,
-                         max_size=cfg.max_size_test)
+                         max_size=cfg.max_size_test, skip_bad=cfg.skip_bad)
