@@ -90,6 +90,7 @@ class Trainer(TrainerBase):
         *,
         cpu: bool = False,
         resume: bool = False,
+        overwrite: bool = False,
         progress: bool = True,
         stop_after: int | None = None,
     ) -> None:
@@ -98,7 +99,8 @@ class Trainer(TrainerBase):
 
         cfg = check_config(cfg)
         super().__init__(cfg, output_dir=cfg.output_dir, seed=cfg.seed, mixed_precision=cfg.solver.mixed_precision,
-                         keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after)
+                         keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after,
+                         resume=resume, overwrite=overwrite)
         self.per_process = per_process_batch(cfg, self.accelerator.num_processes)
         self.dataset = build_train_dataset(cfg.data)
         class_names = tuple(self.dataset.class_names)
@@ -203,7 +205,7 @@ class Trainer(TrainerBase):
             result.update(metrics)
             if acc.is_main_process and metrics:
                 self.metrics.write(last_iter, {f"test/{k}": v for k, v in metrics.items() if _is_number(v)})
-        self.metrics.close()
+        self.close()
         return result
 
     def _step(self, batches: Iterator[Any], it: int) -> dict[str, float]:

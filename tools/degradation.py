@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                                          f"solver.epochs={args.epochs}", f"solver.ims_per_batch={args.batch_size}",
                                          f"output_dir={out}", *([f"data.root={args.data_root}"] if args.data_root
                                                                 else []), *args.overrides])
-            result = ClassificationTrainer(cfg, cpu=args.cpu, progress=False).train()
+            # The script's own scratch folders: a re-run of the experiment replaces its earlier runs.
+            result = ClassificationTrainer(cfg, cpu=args.cpu, progress=False, overwrite=True).train()
             rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             curves[arch] = [r for r in rows if "train_error" in r]
             print(f"{arch}: final train error {curves[arch][-1]['train_error']:.3f}, "

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-iter", type=int, help="iterations; the lr steps keep their relative positions")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--checkpoint", help="checkpoint for --eval-only")
     p.add_argument("--cpu", action="store_true")
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, data=data, model=model, solver=solver)
         if args.output_dir:
             cfg = replace(cfg, output_dir=args.output_dir)
-        trainer = ClassificationTrainer(cfg, cpu=args.cpu, resume=args.resume, progress=not args.no_progress)
+        trainer = ClassificationTrainer(cfg, cpu=args.cpu, resume=args.resume, overwrite=args.overwrite,
+                                        progress=not args.no_progress, evaluate_only=args.eval_only)
         if args.eval_only:
             trainer.load_weights(args.checkpoint)
             result = trainer.final_evaluation()

@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", help="checkpoints, logs, metrics, resolved config")
     p.add_argument("--max-iter", type=int, help="iterations; the lr steps keep their relative positions")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output-dir (its checkpoints, final weights and metrics)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint on the test set")
     p.add_argument("--checkpoint", help="model file for --eval-only")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         from detection.checkpoint import FINAL_WEIGHTS_NAME
         from detection.train import Trainer
 
-        trainer = Trainer(cfg, cpu=args.cpu, resume=args.resume, progress=not args.no_progress)
+        trainer = Trainer(cfg, cpu=args.cpu, resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.no_progress)
         result = trainer.train()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

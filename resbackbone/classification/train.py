@@ -72,11 +72,12 @@ class ClassificationTrainer(TrainerBase):
 
     CHECKPOINT_FORMAT = "resbackbone/cls-checkpoint"
 
-    def __init__(self, cfg: ClsConfig, *, cpu: bool = False, resume: bool = False, progress: bool = True,
-                 stop_after: int | None = None) -> None:
+    def __init__(self, cfg: ClsConfig, *, cpu: bool = False, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True, stop_after: int | None = None, evaluate_only: bool = False) -> None:
         cfg = replace(cfg, solver=apply_linear_scaling(cfg.solver))
         super().__init__(cfg, output_dir=cfg.output_dir, seed=cfg.seed, mixed_precision=cfg.solver.mixed_precision,
-                         keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after)
+                         keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after,
+                         resume=resume, overwrite=overwrite, claim=not evaluate_only)
         acc = self.accelerator
         train, val, test = build_cls_datasets(cfg.data, seed=cfg.seed)
         self.class_names = tuple(train.class_names)  # type: ignore[attr-defined]
@@ -124,7 +125,8 @@ class ClassificationTrainer(TrainerBase):
                                       "warmup_done": s.warmup_until_train_acc <= 0, "best_top1_err": math.inf}
         if resume:
             self.resume()
-        self.write_config()
+        if not evaluate_only:
+            self.write_config()
 
     # ------------------------------------------------------------------------------------------------ state
 
@@ -213,7 +215,7 @@ class ClassificationTrainer(TrainerBase):
         if last >= s.max_iter:
             result.update(self.final_evaluation())
             self._save_backbone()
-        self.metrics.close()
+        self.close()
         result["iteration"] = last
         return result
 

@@ -100,6 +100,12 @@ class CheckpointManager:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         self.directory = Path(directory)
         self.keep_last = keep_last
+        # Checkpoints of this run (written by it, or the one it resumed from): the only ones pruning may delete.
+        self.owned: list[Path] = []
+
+    def adopt(self) -> None:
+        """Count the folder's existing checkpoints as this run's (a resumed run continues the earlier one)."""
+        self.owned = [p for p in self.checkpoints() if p not in self.owned] + self.owned
 
     def path_for(self, iteration: int) -> Path:
         return self.directory / f"model_{iteration:07d}.pth"
@@ -111,6 +117,7 @@ class CheckpointManager:
         check_finite_state(state, path.name)
         atomic_torch_save(dict(state), path)
         atomic_write_text(self.directory / self.POINTER, path.name + "\n")
+        self.owned = [p for p in self.owned if p != path] + [path]
         self._prune()
         return path
 
@@ -119,8 +126,10 @@ class CheckpointManager:
         return sorted(self.directory.glob("model_[0-9]*.pth"))
 
     def _prune(self) -> None:
-        for old in self.checkpoints()[: -self.keep_last]:
+        # Only this run's own checkpoints, oldest first: another run's files in the folder are never deleted.
+        for old in sorted(self.owned)[: -self.keep_last]:
             old.unlink(missing_ok=True)
+            self.owned.remove(old)
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, or None."""

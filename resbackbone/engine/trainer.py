@@ -11,17 +11,93 @@ through :meth:`extra_state` / :meth:`load_extra_state`. Data order and augmentat
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_everything
 from .config import save_config, to_dict
 from .progress import MetricsWriter
 
 logger = logging.getLogger("resbackbone.engine")
+
+
+# Files a run writes into its output folder that --overwrite removes (logs of other tools stay).
+RUN_FILES = ("last_checkpoint", "metrics.jsonl", "model_final.pth", "model_best.pth")
+
+
+# Lock files this process holds. A forked child (a DataLoader worker) inherits their descriptors, and flock locks
+# last while any copy is open: the child closes its copies at once, so a killed run's orphaned workers cannot keep
+# its folder locked.
+_HELD_LOCKS: list[Any] = []
+
+
+def _close_inherited_locks() -> None:
+    for f in _HELD_LOCKS:
+        f.close()
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+class RunFolder:
+    """A run's claim on its output folder: an exclusive ``flock`` on ``.run.lock`` (released when the run ends or
+    its process dies), holding who took it, so a second run on the same folder stops with a message naming the
+    first instead of overwriting its model and interleaving its metrics."""
+
+    LOCK = ".run.lock"
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        f = open(self.directory / self.LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"output folder {self.directory} is in use by another run ({holder}); wait for it to "
+                              "finish or choose another --output-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self._file = f
+        _HELD_LOCKS.append(f)
+
+    def release(self) -> None:
+        if self._file is not None:
+            _HELD_LOCKS.remove(self._file)
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
+
+    def check_reuse(self, *, resume: bool, overwrite: bool) -> None:
+        """A folder holding an earlier run's checkpoints or final weights is continued (``resume``) or replaced
+        (``overwrite``, which removes them), never mixed with a new run."""
+        earlier = sorted(self.directory.glob("model_[0-9]*.pth")) + [
+            p for p in (self.directory / "model_final.pth",) if p.exists()]
+        if not earlier or resume:
+            return
+        if not overwrite:
+            raise ConfigError(
+                f"output folder {self.directory} holds an earlier run ({', '.join(p.name for p in earlier[-3:])}); "
+                "pass --resume to continue it or --overwrite to replace it (or choose another --output-dir)")
+        for p in [*self.directory.glob("model_[0-9]*.pth"), *(self.directory / n for n in RUN_FILES)]:
+            p.unlink(missing_ok=True)
+        logger.info("--overwrite: removed the earlier run's checkpoints and logs from %s", self.directory)
 
 
 class TrainerBase:
@@ -36,6 +112,10 @@ class TrainerBase:
         cpu: run on CPU even when a GPU is present.
         progress: show a progress bar (main process only).
         stop_after: stop (as if killed) after this iteration: used by tests and to split long runs into jobs.
+        resume: continue the folder's newest checkpoint (the subclass calls :meth:`resume`); an earlier run's
+            folder is only taken with ``resume`` or ``overwrite``.
+        overwrite: replace an earlier run in the folder (its checkpoints, final weights and metrics are removed).
+        claim: take the folder (lock + reuse check); False for a trainer that only evaluates.
     """
 
     # The "format" entry of this trainer's checkpoints.
@@ -52,6 +132,9 @@ class TrainerBase:
         cpu: bool = False,
         progress: bool = True,
         stop_after: int | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        claim: bool = True,
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
@@ -66,6 +149,11 @@ class TrainerBase:
         self.progress = progress and self.accelerator.is_main_process
         self.stop_after = stop_after
         self.output_dir = Path(output_dir)
+        self.folder = RunFolder(self.output_dir)
+        if claim:
+            self.folder.check_reuse(resume=resume, overwrite=overwrite)
+            if self.accelerator.is_main_process:
+                self.folder.acquire()
         self.checkpoints = CheckpointManager(self.output_dir, keep_last=keep_last)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.accelerator.is_main_process)
         self.start_iter = 0
@@ -86,6 +174,11 @@ class TrainerBase:
     def write_config(self) -> None:
         if self.accelerator.is_main_process:
             save_config(self.cfg, self.output_dir / "config.yaml")
+
+    def close(self) -> None:
+        """End of the run: flush the metrics and give the output folder back."""
+        self.metrics.close()
+        self.folder.release()
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -132,6 +225,7 @@ class TrainerBase:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
         ckpt = CheckpointManager.load(latest)
+        self.checkpoints.adopt()  # the resumed run's checkpoints are this run's: pruned as it goes
         self.unwrapped.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scheduler") is not None and self.scheduler is not None:
@@ -145,4 +239,4 @@ class TrainerBase:
         return latest
 
 
-__all__ = ["TrainerBase"]
+__all__ = ["RUN_FILES", "RunFolder", "TrainerBase"]
