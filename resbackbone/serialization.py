@@ -58,7 +58,7 @@ def load_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's own message suggests weights_only=False; that is exactly what must not happen to a foreign file.
+        # torch's own message suggests turning the safety check off; for a foreign file that is exactly wrong.
         raise CheckpointError(
             f"refusing to load {path}: it holds Python objects other than tensors and plain data, and unpickling "
             f"them could run code (weights_only=True refused: {str(e).splitlines()[0][:200]})"
