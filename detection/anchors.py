@@ -6,18 +6,40 @@ Conventions: size = sqrt(area) in input pixels, aspect ratio = h / w, centres at
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+# How the cell anchors are laid out; the RPN head's A outputs per location follow this order, so it is a property
+# of trained RPN weights. "torchvision": ratio-major, integer-rounded (torchvision's AnchorGenerator).
+# "detectron2": size-major, exact floats (Detectron2's DefaultAnchorGenerator; converted model-zoo weights).
+AnchorConvention = Literal["torchvision", "detectron2"]
+ANCHOR_CONVENTIONS: tuple[str, ...] = ("torchvision", "detectron2")
 
-def base_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
-    """``(A, 4)`` XYXY anchors centred at 0, ordered ratio-major then size (torchvision's order).
 
-    Coordinates are rounded to integers exactly as torchvision's AnchorGenerator does, so that RPN weights and
-    proposals transfer between the two implementations unchanged.
+def base_anchors(
+    sizes: Sequence[float], aspect_ratios: Sequence[float], convention: AnchorConvention = "torchvision"
+) -> Tensor:
+    """``(A, 4)`` XYXY anchors centred at 0 (A = len(sizes) * len(aspect_ratios)), float32.
+
+    "torchvision": ordered ratio-major then size, coordinates rounded to integers exactly as torchvision's
+    AnchorGenerator does, so that RPN weights and proposals transfer between the two implementations unchanged.
+    "detectron2": ordered size-major then ratio, exact (``w = sqrt(size^2 / ratio)``, ``h = ratio * w``, computed
+    in double and stored as float32, as Detectron2 does).
     """
+    if convention == "detectron2":
+        cells = []
+        for size in sizes:
+            for ratio in aspect_ratios:
+                w = math.sqrt(float(size) ** 2 / float(ratio))
+                h = float(ratio) * w
+                cells.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(cells, dtype=torch.float32)
+    if convention != "torchvision":
+        raise ValueError(f"anchor convention must be one of {ANCHOR_CONVENTIONS}, got {convention!r}")
     scales = torch.as_tensor(sizes, dtype=torch.float32)
     ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
     h_ratios = torch.sqrt(ratios)
@@ -37,11 +59,13 @@ class AnchorGenerator(nn.Module):
         *,
         stride: int = 16,
         offset: float = 0.0,
+        convention: AnchorConvention = "torchvision",
     ) -> None:
         super().__init__()
         self.stride = stride
         self.offset = offset
-        self.register_buffer("cell_anchors", base_anchors(sizes, aspect_ratios), persistent=False)
+        self.convention = convention
+        self.register_buffer("cell_anchors", base_anchors(sizes, aspect_ratios, convention), persistent=False)
         self._cache: dict[tuple[int, int, str], Tensor] = {}
 
     @property

@@ -11,7 +11,9 @@ trainer.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from resbackbone.engine.checkpoint import CheckpointManager
 from resbackbone.engine.config import from_dict, to_dict
 from resbackbone.errors import CheckpointError
 
-from .config import DetectionConfig
+from .config import DetectionConfig, ModelConfig
+
+logger = logging.getLogger("detection.checkpoint")
 
 # Key of the weights-only file format written at the end of training (model + config + class names).
 DETECTOR_FORMAT = "resnet-det/faster-rcnn"
@@ -91,5 +95,113 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), cfg, class_names
 
 
-__all__ = ["BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "detector_payload", "load_detector",
-           "read_detector_file"]
+# Model fields that trained detector weights fix (shapes, or what the features mean): fine-tuning from a detector
+# takes them from its file instead of the config.
+WEIGHT_BOUND_FIELDS: tuple[str, ...] = (
+    "arch", "backbone.name", "backbone.stride_in_1x1", "backbone.shortcut", "pixel", "anchors",
+    "roi_heads.pooler_type", "roi_heads.pooler_resolution", "roi_heads.sampling_ratio", "roi_heads.aligned",
+    "roi_heads.fc_dim",
+)
+# Parameters whose rows are per class (background last in cls_score): kept by class name when fine-tuning.
+_CLASS_ROWS = {"roi_heads.cls_score.weight": 1, "roi_heads.cls_score.bias": 1, "roi_heads.bbox_pred.weight": 4,
+               "roi_heads.bbox_pred.bias": 4}
+
+
+def adopt_architecture(cfg: ModelConfig, source: ModelConfig, *, what: str = "the detector") -> ModelConfig:
+    """``cfg`` with every :data:`WEIGHT_BOUND_FIELDS` entry taken from ``source`` (a trained detector's resolved
+    model config); each field that changes is logged, so a config that asked for something else is not silently
+    overruled."""
+    out = cfg
+    for name in WEIGHT_BOUND_FIELDS:
+        parts = name.split(".")
+        new = source
+        old = cfg
+        for part in parts:
+            new, old = getattr(new, part), getattr(old, part)
+        if new == old:
+            continue
+        if len(parts) == 1:
+            out = replace(out, **{parts[0]: new})
+        else:
+            sub = getattr(out, parts[0])
+            out = replace(out, **{parts[0]: replace(sub, **{parts[1]: new})})
+        if old is not None:
+            logger.warning("model.%s: %s -> %s (fixed by the weights of %s)", name, _short(old), _short(new), what)
+    return out
+
+
+def _short(value: Any) -> str:
+    return str(to_dict(value) if is_dataclass(value) else value)
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_detector` loaded."""
+
+    what: str
+    loaded: int  # tensors copied whole
+    total: int  # tensors of the model
+    kept_classes: list[str]  # class names whose classifier / regressor rows came from the file
+    fresh_classes: list[str]  # class names initialized fresh
+    mismatched: list[str] = field(default_factory=list)  # names present in both with other shapes (left fresh)
+    absent: list[str] = field(default_factory=list)  # model tensors the file does not have (left fresh)
+
+    def summary(self) -> str:
+        text = (f"initialized from {self.what}: {self.loaded} of {self.total} tensors loaded whole; classifier and "
+                f"box rows of {len(self.kept_classes)} class(es) kept by name")
+        if self.fresh_classes:
+            text += f", {len(self.fresh_classes)} new: {', '.join(self.fresh_classes[:10])}"
+        if self.mismatched:
+            text += f"; other shapes (fresh): {self.mismatched[:5]}"
+        if self.absent:
+            text += f"; not in the file (fresh): {self.absent[:5]}"
+        return text
+
+
+def init_from_detector(model: nn.Module, state: Mapping[str, torch.Tensor], source_names: Sequence[str], *,
+                       what: str = "the detector") -> InitReport:
+    """Load a trained detector's tensors into ``model`` (a FasterRCNN with its own class list) for fine-tuning.
+
+    Every tensor whose name and shape fit is copied. The per-class rows of ``roi_heads.cls_score`` (``K+1``,
+    background last) and ``roi_heads.bbox_pred`` (``4K``) are copied for the class names both lists share and the
+    background; the rows of new classes keep their fresh initialization.
+    """
+    target = model.state_dict()
+    names = list(model.class_names)
+    src_index = {n: j for j, n in enumerate(source_names)}
+    pairs = [(i, src_index[n]) for i, n in enumerate(names) if n in src_index]
+    k_t, k_s = len(names), len(source_names)
+    new: dict[str, torch.Tensor] = {}
+    loaded, mismatched, absent = 0, [], []
+    for key, value in target.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        src = state.get(key)
+        if src is None:
+            absent.append(key)
+            continue
+        if key in _CLASS_ROWS:
+            rows = _CLASS_ROWS[key]
+            if src.shape[1:] != value.shape[1:] or src.shape[0] != rows * k_s + (rows == 1):
+                mismatched.append(key)
+                continue
+            out = value.clone()
+            for i, j in pairs:
+                out[rows * i: rows * (i + 1)] = src[rows * j: rows * (j + 1)]
+            if rows == 1:  # background
+                out[k_t] = src[k_s]
+            new[key] = out
+            continue
+        if src.shape != value.shape:
+            mismatched.append(f"{key} {tuple(src.shape)} vs {tuple(value.shape)}")
+            continue
+        new[key] = src
+        loaded += 1
+    model.load_state_dict(new, strict=False)
+    kept = [names[i] for i, _ in pairs]
+    total = sum(1 for k in target if not k.endswith("num_batches_tracked"))
+    return InitReport(what, loaded, total, kept, [n for n in names if n not in src_index], mismatched, absent)
+
+
+__all__ = ["BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS", "InitReport",
+           "adopt_architecture", "detector_payload", "init_from_detector", "load_detector", "read_detector_file"]

@@ -51,6 +51,9 @@ class AnchorConfig:
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     # Anchor centre offset in units of the stride (0.0: centres at k*stride, as torchvision / Detectron2).
     offset: float = 0.0
+    # Cell-anchor layout, a property of trained RPN weights: "torchvision" (ratio-major, integer-rounded; ours
+    # since the start) or "detectron2" (size-major, exact floats; models converted from Detectron2 use it).
+    convention: Literal["torchvision", "detectron2"] = "torchvision"
 
 
 @dataclass
@@ -111,6 +114,11 @@ class ModelConfig:
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
+    # A trained detector to start from ("none": ImageNet backbone weights only): one of ours or one converted by
+    # tools/convert_weights.py. Its architecture fields (arch, backbone name / stride placement / shortcut, pixel
+    # spec, anchors, pooler, fc width) replace this config's; every tensor whose name and shape fit is loaded,
+    # and classifier / box-regressor rows are kept for the class names both lists share.
+    weights: str = "none"
 
 
 @dataclass

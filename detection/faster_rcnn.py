@@ -189,14 +189,16 @@ def resolve_model_config(cfg: ModelConfig, weights: BackboneWeights | None = Non
 
     The result is what the trainer records in ``config.yaml`` and in every checkpoint; building from it gives
     the same architecture and input normalization without the weights file. Rules: ``norm: auto`` is FrozenBN
-    with pretrained weights and trainable BN from scratch; ``stride_in_1x1`` and the pixel spec come from
-    ``weights`` when given (read by :func:`read_backbone_weights`), else from the weights' name (MSRA caffe:
-    stride in the 1x1, BGR mean-only pixels; a timm trunk: its pretrained statistics; otherwise torchvision's).
+    with pretrained weights (or a detector in ``model.weights``) and trainable BN from scratch; ``stride_in_1x1``
+    and the pixel spec come from ``weights`` when given (read by :func:`read_backbone_weights`), else from the
+    weights' name (MSRA caffe: stride in the 1x1, BGR mean-only pixels; a timm trunk: its pretrained statistics;
+    otherwise torchvision's).
     Fields already set are kept. Idempotent.
     """
     bb, px = cfg.backbone, cfg.pixel
     pretrained = bb.weights != "none"
-    norm = bb.norm if bb.norm != "auto" else ("frozen_bn" if pretrained else "bn")
+    # Starting from a trained detector (model.weights) freezes BN as ImageNet weights do.
+    norm = bb.norm if bb.norm != "auto" else ("frozen_bn" if pretrained or cfg.weights != "none" else "bn")
     if bb.name.startswith("timm:"):
         stride_in_1x1 = False
         spec = timm_pixel_spec(bb.name[5:]) if pretrained else TORCHVISION_PIXELS
@@ -291,6 +293,7 @@ def build_faster_rcnn(
         aspect_ratios=a.aspect_ratios,
         stride=FEATURE_STRIDE,
         anchor_offset=a.offset,
+        anchor_convention=a.convention,
         batch_size_per_image=r.batch_size_per_image,
         positive_fraction=r.positive_fraction,
         fg_iou_thresh=r.fg_iou_thresh,

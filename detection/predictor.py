@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resbackbone.errors import DataNotFoundError
+from resbackbone.errors import ConfigError, DataNotFoundError
 
 from .data.transforms import decode_image
 from .tta import TTAOptions, predict_tta
@@ -46,6 +46,18 @@ def list_images(path: str | Path) -> list[Path]:
     if not files:
         raise DataNotFoundError(f"--input {path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the directory")
     return files
+
+
+def test_size(min_size: int, max_size: int, min_override: int | None, max_override: int | None) -> tuple[int, int]:
+    """The test resize ``(shorter side, long-side cap)``: a model's own with the caller's overrides (None: keep).
+
+    A cap below the shorter side is refused: the resize rule would then ignore ``min_size`` for every image.
+    """
+    new_min = int(min_override) if min_override is not None else int(min_size)
+    new_max = int(max_override) if max_override is not None else int(max_size)
+    if new_min < 1 or new_max < new_min:
+        raise ConfigError(f"test size --min-size {new_min} --max-size {new_max}: need 1 <= min-size <= max-size")
+    return new_min, new_max
 
 
 class Predictor:
@@ -98,14 +110,18 @@ class Predictor:
         score_thresh: float = 0.0,
         tta: TTAOptions | None = None,
         fuse_bn: bool = False,
+        min_size: int | None = None,
+        max_size: int | None = None,
     ) -> Predictor:
-        """Rebuild the detector saved by tools/train_det.py (final weights or a training checkpoint)."""
+        """Rebuild the detector saved by tools/train_det.py (final weights or a training checkpoint), or converted
+        by tools/convert_weights.py. ``min_size`` / ``max_size``: the test resize; None: the model's own."""
         from .checkpoint import load_detector
 
         dev = torch.device(device) if device is not None else choose_device()
         model, cfg, _ = load_detector(path, dev)
-        return cls(model, min_size=cfg.data.min_size_test, max_size=cfg.data.max_size_test,
-                   score_thresh=score_thresh, tta=tta, device=dev, fuse_bn=fuse_bn)
+        min_size, max_size = test_size(cfg.data.min_size_test, cfg.data.max_size_test, min_size, max_size)
+        return cls(model, min_size=min_size, max_size=max_size, score_thresh=score_thresh, tta=tta, device=dev,
+                   fuse_bn=fuse_bn)
 
     @staticmethod
     def load_image(source: str | Path | np.ndarray) -> np.ndarray:
@@ -155,7 +171,8 @@ class Predictor:
 def detections_to_json(det: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
     """Detections -> ``[{"box": [x1, y1, x2, y2], "score", "label", "class_name"}]`` (plain Python, JSON-ready)."""
     return [
-        {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "label": int(c),
+        # 4 decimals: well below a pixel, and enough to compare runs of two implementations exactly.
+        {"box": [round(float(v), 4) for v in b], "score": round(float(s), 6), "label": int(c),
          "class_name": class_names[int(c)]}
         for b, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())
     ]
@@ -167,4 +184,5 @@ __all__ = [
     "choose_device",
     "detections_to_json",
     "list_images",
+    "test_size",
 ]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from .anchors import AnchorGenerator
+from .anchors import AnchorConvention, AnchorGenerator
 from .box_coder import BoxCoder
 from .boxes import batched_pairwise_iou, clip_boxes, nonempty, pad_boxes, split_by_image, topk_per_image
 from .matcher import POSITIVE, Matcher
@@ -49,6 +49,7 @@ class RPN(nn.Module):
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         stride: int = 16,
         anchor_offset: float = 0.0,
+        anchor_convention: AnchorConvention = "torchvision",
         batch_size_per_image: int = 256,
         positive_fraction: float = 0.5,
         fg_iou_thresh: float = 0.7,
@@ -61,7 +62,9 @@ class RPN(nn.Module):
         loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.anchor_generator = AnchorGenerator(anchor_sizes, aspect_ratios, stride=stride, offset=anchor_offset)
+        self.anchor_generator = AnchorGenerator(
+            anchor_sizes, aspect_ratios, stride=stride, offset=anchor_offset, convention=anchor_convention
+        )
         self.head = RPNHead(in_channels, self.anchor_generator.num_anchors)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)

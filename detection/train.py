@@ -29,7 +29,14 @@ from resbackbone.engine.trainer import TrainerBase
 from resbackbone.errors import ConfigError
 from resbackbone.serialization import atomic_torch_save
 
-from .checkpoint import BEST_WEIGHTS_NAME, FINAL_WEIGHTS_NAME, detector_payload
+from .checkpoint import (
+    BEST_WEIGHTS_NAME,
+    FINAL_WEIGHTS_NAME,
+    adopt_architecture,
+    detector_payload,
+    init_from_detector,
+    read_detector_file,
+)
 from .config import DetectionConfig
 
 logger = logging.getLogger("detection.train")
@@ -40,7 +47,7 @@ LOG_PERIOD = 20
 def check_config(cfg: DetectionConfig) -> DetectionConfig:
     """Validate combinations the dataclass types cannot express, e.g. frozen BN without pretrained weights."""
     bb = cfg.model.backbone
-    if bb.weights == "none" and bb.norm == "frozen_bn":
+    if bb.weights == "none" and cfg.model.weights == "none" and bb.norm == "frozen_bn":
         raise ConfigError(
             "model.backbone.norm=frozen_bn needs pretrained weights (model.backbone.weights is 'none'): frozen "
             "statistics of a random init are meaningless; use norm=auto or bn when training from scratch"
@@ -109,14 +116,25 @@ class Trainer(TrainerBase):
             logger.info("model.num_classes follows the training set: %d -> %d", model_cfg.num_classes,
                         len(class_names))
             model_cfg = replace(model_cfg, num_classes=len(class_names))
-        weights = read_backbone_weights(model_cfg)
+        init = None
+        if model_cfg.weights != "none":
+            # Fine-tuning a trained detector: its architecture, then its tensors; ImageNet weights are not read.
+            init_cfg, init_names, init_state = read_detector_file(model_cfg.weights)
+            model_cfg = adopt_architecture(model_cfg, init_cfg.model, what=model_cfg.weights)
+            init = (init_names, init_state)
+            weights = None
+        else:
+            weights = read_backbone_weights(model_cfg)
         model_cfg = resolve_model_config(model_cfg, weights)
         self.cfg = cfg = replace(cfg, model=model_cfg)
         self.class_names = class_names
         # The weights read above load without a second read; without any (from scratch, or a timm trunk, which
         # loads its own through timm) the config says what to do.
         model = build_faster_rcnn(model_cfg, class_names=class_names,
-                                  weights=weights if weights is not None else FROM_CONFIG)
+                                  weights=None if init is not None else weights if weights is not None else FROM_CONFIG)
+        if init is not None:
+            report = init_from_detector(model, init[1], init[0], what=model_cfg.weights)
+            logger.info("%s", report.summary())
         if self.accelerator.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         s = cfg.solver

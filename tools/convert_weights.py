@@ -1,12 +1,17 @@
 #!/usr/bin/env python
-"""Convert ImageNet weights (torchvision / timm / MSRA caffe, named or a local file) to our native file.
+"""Convert weights to our native files: ImageNet backbones (torchvision / timm / MSRA caffe, named or a local file)
+or a whole trained Detectron2 C4 / DC5 Faster R-CNN.
 
     python tools/convert_weights.py --weights torchvision --depth 50 --output r50_tv.pth
     python tools/convert_weights.py --weights ~/Downloads/R-101.pkl --depth 101 --output r101_msra.pth
+    python tools/convert_weights.py --detectron2 model_final_721ade.pkl --output r50_c4_coco.pth
 
-The output is read with ``torch.load(weights_only=True)`` and accepted anywhere weights are
-(``tools/train_det.py --backbone-weights r101_msra.pth``); it records the pixel normalization and
-stride placement the weights need.
+A backbone file is read with ``torch.load(weights_only=True)`` and accepted anywhere weights are
+(``tools/train_det.py --backbone-weights r101_msra.pth``); it records the pixel normalization and stride placement
+the weights need. A converted Detectron2 model is a normal detector file (the ``model_final.pth`` format): run it
+with tools/infer.py / eval_det.py / export_onnx.py or the Predictor, or fine-tune from it
+(``tools/train_det.py --init-from r50_c4_coco.pth``). What its keys tell (C4 / DC5, depth, classes, anchors per
+location) is read from them; the rest is Detectron2's default for the architecture, overridable below.
 """
 
 from __future__ import annotations
@@ -14,22 +19,46 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resbackbone.errors import InputError
+from resbackbone.errors import ConfigError, InputError
 from resbackbone.resnet import ResNet
 from resbackbone.weights import pretrained_state_dict, save_backbone_weights
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="torchvision[:TAG] | timm[:tag] | msra | PATH")
-    p.add_argument("--depth", type=int, required=True, choices=(18, 34, 50, 101, 152))
-    p.add_argument("--output", required=True, help="output .pth file")
-    args = p.parse_args(argv)
+def _floats(text: str) -> tuple[float, ...]:
     try:
-        state, info = pretrained_state_dict(args.weights, args.depth)
-    except InputError as e:  # the user's input: one line; anything else is a bug and keeps its traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="backbone weights: torchvision[:TAG] | timm[:tag] | msra | PATH")
+    src.add_argument("--detectron2", metavar="MODEL",
+                     help="a Detectron2 checkpoint: the model zoo's model_final_*.pkl or a training .pth")
+    p.add_argument("--depth", type=int, choices=(18, 34, 50, 101, 152), help="ResNet depth (with --weights)")
+    p.add_argument("--output", required=True, help="output .pth file")
+    d2 = p.add_argument_group("--detectron2 settings (default: Detectron2's for the architecture)")
+    d2.add_argument("--class-names", help="file with one class name per line, in the model's order (default: "
+                                          "COCO's 80 names for 80 classes, VOC's 20 for 20)")
+    d2.add_argument("--anchor-sizes", type=_floats, help="e.g. 32,64,128,256,512 (Detectron2's default)")
+    d2.add_argument("--aspect-ratios", type=_floats, help="e.g. 0.5,1,2 (Detectron2's default)")
+    d2.add_argument("--min-size-test", type=int, default=800, help="test shorter side (default 800)")
+    d2.add_argument("--max-size-test", type=int, default=1333, help="test longer-side cap (default 1333)")
+    d2.add_argument("--pre-nms-topk-test", type=int, default=6000, help="RPN proposals before NMS (default 6000)")
+    d2.add_argument("--post-nms-topk-test", type=int, default=1000, help="RPN proposals after NMS (default 1000)")
+    d2.add_argument("--no-stride-in-1x1", action="store_true",
+                    help="the bottleneck stride is in the 3x3 (RESNETS.STRIDE_IN_1X1: False, torchvision-initialized "
+                         "models); the model zoo's MSRA-initialized models have it in the 1x1")
+    args = p.parse_args(argv)
+    if args.weights and args.depth is None:
+        p.error("--weights needs --depth")
+    return args
+
+
+def convert_backbone(args: argparse.Namespace) -> int:
+    state, info = pretrained_state_dict(args.weights, args.depth)
     # Keep exactly what the source has: no fc in the weights (e.g. a detector's backbone) -> none in the output,
     # rather than a randomly initialized one that would look pretrained.
     num_classes = int(state["fc.weight"].shape[0]) if "fc.weight" in state else None
@@ -46,6 +75,43 @@ def main(argv: list[str] | None = None) -> int:
           f"stride_in_1x1={info.stride_in_1x1}")
     print(info)
     return 0
+
+
+def convert_detector(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from detection.detectron2 import Detectron2Options, convert_detectron2, save_converted
+
+    names = None
+    if args.class_names:
+        path = Path(args.class_names)
+        if not path.is_file():
+            raise ConfigError(f"--class-names {path}: no such file")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    options = Detectron2Options(
+        anchor_sizes=args.anchor_sizes, aspect_ratios=args.aspect_ratios, min_size_test=args.min_size_test,
+        max_size_test=args.max_size_test, pre_nms_topk_test=args.pre_nms_topk_test,
+        post_nms_topk_test=args.post_nms_topk_test, stride_in_1x1=not args.no_stride_in_1x1, class_names=names,
+    )
+    model, cfg, class_names, info = convert_detectron2(args.detectron2, options)
+    save_converted(model, cfg, class_names, args.output, source=args.detectron2)
+    m = cfg.model
+    left_out = "".join(f"; left out {n} {part} tensors" for part, n in info.dropped.items())
+    print(f"wrote {args.output}: Detectron2 R{info.depth}-{info.arch}, {info.num_classes} classes "
+          f"({', '.join(class_names[:3])}, ...), anchors {m.anchors.sizes} x {m.anchors.aspect_ratios} "
+          f"(detectron2 convention), pixels {m.pixel.channel_order} mean={m.pixel.mean} std={m.pixel.std}, "
+          f"stride_in_1x1={m.backbone.stride_in_1x1}, test size {cfg.data.min_size_test}/{cfg.data.max_size_test}"
+          + (", class-agnostic boxes repeated per class" if info.class_agnostic_box else "") + left_out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return convert_detector(args) if args.detectron2 else convert_backbone(args)
+    except InputError as e:  # the user's input: one line; anything else is a bug and keeps its traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

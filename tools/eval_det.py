@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write-coco-json", help="write a COCO results .json here (coco metric)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="with --checkpoint: test shorter side in pixels (default: the model's own)")
+    p.add_argument("--max-size", type=int, default=None,
+                   help="with --checkpoint: cap on the longer side (default: the model's own)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -110,13 +114,16 @@ def _run_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     from accelerate import Accelerator
 
     from detection.checkpoint import load_detector
+    from detection.predictor import test_size
 
     accelerator = Accelerator(cpu=args.cpu)
     model, cfg, _ = load_detector(args.checkpoint, accelerator.device)
     name = args.dataset or cfg.data.test
     if not name:
         raise ConfigError(f"{args.checkpoint}: records no test dataset; pass --dataset")
-    dataset = _build_dataset(name, args, min_size=cfg.data.min_size_test, max_size=cfg.data.max_size_test)
+    min_size, max_size = test_size(cfg.data.min_size_test, cfg.data.max_size_test, args.min_size, args.max_size)
+    logger.info("%s on %s at test size %d/%d", args.checkpoint, name, min_size, max_size)
+    dataset = _build_dataset(name, args, min_size=min_size, max_size=max_size)
     evaluator = build_evaluator(dataset, args.metric)
     _check_outputs(args, evaluator)
     metrics = evaluate_detector(model, dataset, evaluator=evaluator, batch_size=args.batch_size,

@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tta", default="", help="comma-separated test-time improvements: flip,multiscale,refine,voting")
     p.add_argument("--scales", type=int, nargs="+", default=None,
                    help="shorter sides for --tta multiscale (default: the paper's 200 400 600 800 1000)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="test resize: shorter side in pixels (default: the model's own, e.g. 600 or 800)")
+    p.add_argument("--max-size", type=int, default=None,
+                   help="test resize: cap on the longer side (default: the model's own); an image whose sides "
+                        "already fit is not resampled")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
     p.add_argument("--fuse-bn", action="store_true",
                    help="fold BatchNorm into the convolutions (faster; equal up to float rounding)")
@@ -87,12 +92,12 @@ def predict(args: argparse.Namespace, tta: TTAOptions, files: list[Path]) -> int
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu),
                                           score_thresh=args.score_thresh, tta=tta,
-                                          fuse_bn=args.fuse_bn)
+                                          fuse_bn=args.fuse_bn, min_size=args.min_size, max_size=args.max_size)
     names = predictor.class_names
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("%d image(s) on %s, %d classes, tta=%s -> %s", len(files), predictor.device, len(names),
-                args.tta or "off", out_dir)
+    logger.info("%d image(s) on %s, %d classes, test size %d/%d, tta=%s -> %s", len(files), predictor.device,
+                len(names), predictor.min_size, predictor.max_size, args.tta or "off", out_dir)
     per_image: dict[str, dict] = {}
     coco: list[dict] = []
     index = {p: i for i, p in enumerate(files)}
@@ -104,7 +109,7 @@ def predict(args: argparse.Namespace, tta: TTAOptions, files: list[Path]) -> int
         for d in per_image[path.name]["detections"]:
             x1, y1, x2, y2 = d["box"]
             coco.append({"image_id": index[path], "category_id": d["label"] + 1,
-                         "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)], "score": d["score"]})
+                         "bbox": [x1, y1, round(x2 - x1, 4), round(y2 - y1, 4)], "score": d["score"]})
         if not args.no_draw:
             drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], names,
                                     score_thresh=args.score_thresh)
@@ -127,7 +132,8 @@ def evaluate(args: argparse.Namespace, tta: TTAOptions) -> int:
     from detection.evaluation import build_evaluator, check_classes, format_metrics, score_predictions
     from detection.predictor import Predictor, choose_device
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu), tta=tta)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu), tta=tta,
+                                          min_size=args.min_size, max_size=args.max_size)
     ds = build_dataset(args.eval_dataset, args.data_root, train=False, min_size=predictor.min_size,
                        max_size=predictor.max_size)
     check_classes(predictor.class_names, ds, what=args.checkpoint)

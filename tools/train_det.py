@@ -6,6 +6,7 @@
     accelerate launch --num_processes 8 tools/train_det.py --dataset coco2017-train --config configs/det/coco_c4_1x.yaml
     python tools/train_det.py --output-dir output/x --resume     # continue a killed run exactly
     python tools/train_det.py --eval-only --checkpoint output/x/model_final.pth
+    python tools/train_det.py --config my.yaml --init-from r50_c4_coco.pth   # fine-tune a trained detector
 
 Free ``key=value`` arguments override any config field (``solver.base_lr=0.01 model.rpn.nms_thresh=0.6``);
 unknown keys are rejected with their name. The resolved config goes to ``<output-dir>/config.yaml`` and into
@@ -48,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-dataset", help="evaluation set name (default: from the config)")
     p.add_argument("--backbone", help="resnet18..resnet152 (ours), or any other timm model name (also as timm:<name>)")
     p.add_argument("--backbone-weights", help="none | torchvision | timm | msra | PATH to a weights file")
+    p.add_argument("--init-from", metavar="DETECTOR",
+                   help="start from a trained detector (ours or converted from Detectron2 by convert_weights.py); "
+                        "same as model.weights=DETECTOR")
     p.add_argument("--data-root", help="data root (default: $RESDET_DATA_ROOT or the repo's datasets/)")
     p.add_argument("--output-dir", help="checkpoints, logs, metrics, resolved config")
     p.add_argument("--max-iter", type=int, help="iterations; the lr steps keep their relative positions")
@@ -88,7 +92,10 @@ def resolve_config(args: argparse.Namespace) -> DetectionConfig:
             bb = replace(bb, weights="timm")
     if args.backbone_weights:
         bb = replace(bb, weights=args.backbone_weights)
-    cfg = replace(cfg, data=data, model=replace(cfg.model, backbone=bb))
+    model = replace(cfg.model, backbone=bb)
+    if args.init_from:
+        model = replace(model, weights=args.init_from)
+    cfg = replace(cfg, data=data, model=model)
     if args.output_dir:
         cfg = replace(cfg, output_dir=args.output_dir)
     solver = apply_linear_scaling(cfg.solver)

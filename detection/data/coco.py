@@ -16,6 +16,21 @@ from resbackbone.errors import DataError
 
 from .base import Record
 
+# The 80 COCO detection categories by category id (1..90 with gaps), i.e. our contiguous label order; the names
+# as instances_{train,val}{2014,2017}.json spell them. Models trained elsewhere on COCO (Detectron2, torchvision)
+# use this order too.
+COCO_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+
 
 def load_coco(ann_file: Path):  # noqa: ANN201 - pycocotools.coco.COCO
     """pycocotools COCO with its prints captured and a clear error for a missing / broken file."""
