@@ -125,7 +125,8 @@ def adopt_architecture(cfg: ModelConfig, source: ModelConfig, *, what: str = "th
         else:
             sub = getattr(out, parts[0])
             out = replace(out, **{parts[0]: replace(sub, **{parts[1]: new})})
-        if old is not None:
+        unset = old is None or (is_dataclass(old) and all(v is None for v in to_dict(old).values()))
+        if not unset:  # fields left to the weights (None) are filled in silently, as ImageNet weights do
             logger.warning("model.%s: %s -> %s (fixed by the weights of %s)", name, _short(old), _short(new), what)
     return out
 

@@ -108,44 +108,45 @@ class Trainer(TrainerBase):
         super().__init__(cfg, output_dir=cfg.output_dir, seed=cfg.seed, mixed_precision=cfg.solver.mixed_precision,
                          keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after,
                          resume=resume, overwrite=overwrite)
-        self.per_process = per_process_batch(cfg, self.accelerator.num_processes)
-        self.dataset = build_train_dataset(cfg.data)
-        class_names = tuple(self.dataset.class_names)
-        model_cfg = cfg.model
-        if model_cfg.num_classes != len(class_names):
-            logger.info("model.num_classes follows the training set: %d -> %d", model_cfg.num_classes,
-                        len(class_names))
-            model_cfg = replace(model_cfg, num_classes=len(class_names))
-        init = None
-        if model_cfg.weights != "none":
-            # Fine-tuning a trained detector: its architecture, then its tensors; ImageNet weights are not read.
-            init_cfg, init_names, init_state = read_detector_file(model_cfg.weights)
-            model_cfg = adopt_architecture(model_cfg, init_cfg.model, what=model_cfg.weights)
-            init = (init_names, init_state)
-            weights = None
-        else:
-            weights = read_backbone_weights(model_cfg)
-        model_cfg = resolve_model_config(model_cfg, weights)
-        self.cfg = cfg = replace(cfg, model=model_cfg)
-        self.class_names = class_names
-        # The weights read above load without a second read; without any (from scratch, or a timm trunk, which
-        # loads its own through timm) the config says what to do.
-        model = build_faster_rcnn(model_cfg, class_names=class_names,
-                                  weights=None if init is not None else weights if weights is not None else FROM_CONFIG)
-        if init is not None:
-            report = init_from_detector(model, init[1], init[0], what=model_cfg.weights)
-            logger.info("%s", report.summary())
-        if self.accelerator.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        s = cfg.solver
-        optimizer = sgd_from_config(model, s)
-        scheduler = build_lr_scheduler(optimizer, kind="multistep", max_iter=s.max_iter, steps=s.steps, gamma=s.gamma,
-                                       warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
-        self.prepare(model, optimizer, scheduler)
-        self.best: dict[str, Any] = {}
-        if resume:
-            self.resume()
-        self.write_config()
+        with self.released_on_error():
+            self.per_process = per_process_batch(cfg, self.accelerator.num_processes)
+            self.dataset = build_train_dataset(cfg.data)
+            class_names = tuple(self.dataset.class_names)
+            model_cfg = cfg.model
+            if model_cfg.num_classes != len(class_names):
+                logger.info("model.num_classes follows the training set: %d -> %d", model_cfg.num_classes,
+                            len(class_names))
+                model_cfg = replace(model_cfg, num_classes=len(class_names))
+            init = None
+            if model_cfg.weights != "none":
+                # Fine-tuning a trained detector: its architecture, then its tensors; ImageNet weights are not read.
+                init_cfg, init_names, init_state = read_detector_file(model_cfg.weights)
+                model_cfg = adopt_architecture(model_cfg, init_cfg.model, what=model_cfg.weights)
+                init = (init_names, init_state)
+                weights = None
+            else:
+                weights = read_backbone_weights(model_cfg)
+            model_cfg = resolve_model_config(model_cfg, weights)
+            self.cfg = cfg = replace(cfg, model=model_cfg)
+            self.class_names = class_names
+            # The weights read above load without a second read; without any (from scratch, or a timm trunk, which
+            # loads its own through timm) the config says what to do.
+            load: Any = None if init is not None else weights if weights is not None else FROM_CONFIG
+            model = build_faster_rcnn(model_cfg, class_names=class_names, weights=load)
+            if init is not None:
+                report = init_from_detector(model, init[1], init[0], what=model_cfg.weights)
+                logger.info("%s", report.summary())
+            if self.accelerator.device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            s = cfg.solver
+            optimizer = sgd_from_config(model, s)
+            scheduler = build_lr_scheduler(optimizer, kind="multistep", max_iter=s.max_iter, steps=s.steps,
+                                           gamma=s.gamma, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
+            self.prepare(model, optimizer, scheduler)
+            self.best: dict[str, Any] = {}
+            if resume:
+                self.resume()
+            self.write_config()
 
     # -------------------------------------------------------------------------------------------- checkpoints
 

@@ -78,55 +78,56 @@ class ClassificationTrainer(TrainerBase):
         super().__init__(cfg, output_dir=cfg.output_dir, seed=cfg.seed, mixed_precision=cfg.solver.mixed_precision,
                          keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after,
                          resume=resume, overwrite=overwrite, claim=not evaluate_only)
-        acc = self.accelerator
-        train, val, test = build_cls_datasets(cfg.data, seed=cfg.seed)
-        self.class_names = tuple(train.class_names)  # type: ignore[attr-defined]
-        small = cfg.data.dataset in ("synthetic", "cifar10")
-        self.train_set = TransformedDataset(train, train_transform(cfg.data, small))
-        self.val_set = TransformedDataset(val, test_transform(cfg.data, small))
-        self.test_set = TransformedDataset(test, test_transform(cfg.data, small)) if test is not None else None
-        if cfg.solver.ims_per_batch % acc.num_processes:
-            raise ConfigError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
-                              f"{acc.num_processes} processes")
-        self.per_process = cfg.solver.ims_per_batch // acc.num_processes
-        iters_per_epoch = len(self.train_set) // cfg.solver.ims_per_batch
-        if iters_per_epoch == 0:
-            raise DataError(f"training set of {len(self.train_set)} images < one batch of "
-                            f"{cfg.solver.ims_per_batch}")
-        if cfg.solver.max_iter <= 0:
-            cfg = replace(cfg, solver=replace(cfg.solver, max_iter=cfg.solver.epochs * iters_per_epoch))
-        self.cfg = cfg
-        self.iters_per_epoch = iters_per_epoch
-        model, self.pixel_spec, depth = build_classifier(
-            cfg.model.arch, len(self.class_names), zero_init_residual=cfg.model.zero_init_residual,
-            shortcut=cfg.model.shortcut)
-        # Only the residual ImageNet-style nets with projection shortcuts map onto the detector's backbone.
-        transferable = cfg.model.arch.startswith("resnet") and cfg.model.shortcut == "B"
-        self.depth = depth if transferable else None
-        self.normalizer = PixelNormalizer(self.pixel_spec).to(acc.device)
-        s = cfg.solver
-        if s.channels_last and acc.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        self.prepare(model, sgd_from_config(model, s))
-        self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
-        self.ema = None
-        if s.ema_decay > 0:
-            from timm.utils import ModelEmaV3
+        with self.released_on_error():
+            acc = self.accelerator
+            train, val, test = build_cls_datasets(cfg.data, seed=cfg.seed)
+            self.class_names = tuple(train.class_names)  # type: ignore[attr-defined]
+            small = cfg.data.dataset in ("synthetic", "cifar10")
+            self.train_set = TransformedDataset(train, train_transform(cfg.data, small))
+            self.val_set = TransformedDataset(val, test_transform(cfg.data, small))
+            self.test_set = TransformedDataset(test, test_transform(cfg.data, small)) if test is not None else None
+            if cfg.solver.ims_per_batch % acc.num_processes:
+                raise ConfigError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
+                                  f"{acc.num_processes} processes")
+            self.per_process = cfg.solver.ims_per_batch // acc.num_processes
+            iters_per_epoch = len(self.train_set) // cfg.solver.ims_per_batch
+            if iters_per_epoch == 0:
+                raise DataError(f"training set of {len(self.train_set)} images < one batch of "
+                                f"{cfg.solver.ims_per_batch}")
+            if cfg.solver.max_iter <= 0:
+                cfg = replace(cfg, solver=replace(cfg.solver, max_iter=cfg.solver.epochs * iters_per_epoch))
+            self.cfg = cfg
+            self.iters_per_epoch = iters_per_epoch
+            model, self.pixel_spec, depth = build_classifier(
+                cfg.model.arch, len(self.class_names), zero_init_residual=cfg.model.zero_init_residual,
+                shortcut=cfg.model.shortcut)
+            # Only the residual ImageNet-style nets with projection shortcuts map onto the detector's backbone.
+            transferable = cfg.model.arch.startswith("resnet") and cfg.model.shortcut == "B"
+            self.depth = depth if transferable else None
+            self.normalizer = PixelNormalizer(self.pixel_spec).to(acc.device)
+            s = cfg.solver
+            if s.channels_last and acc.device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            self.prepare(model, sgd_from_config(model, s))
+            self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
+            self.ema = None
+            if s.ema_decay > 0:
+                from timm.utils import ModelEmaV3
 
-            self.ema = ModelEmaV3(self.unwrapped, decay=s.ema_decay)
-        self.mixup = None
-        if s.mixup > 0 or s.cutmix > 0:
-            from timm.data import Mixup
+                self.ema = ModelEmaV3(self.unwrapped, decay=s.ema_decay)
+            self.mixup = None
+            if s.mixup > 0 or s.cutmix > 0:
+                from timm.data import Mixup
 
-            self.mixup = Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.label_smoothing,
-                               num_classes=len(self.class_names))
-        # Schedule state that is not a pure function of the iteration (plateau, accuracy-triggered warm-up).
-        self.state: dict[str, Any] = {"plateau_factor": 1.0, "best_val_err": math.inf, "bad_epochs": 0,
-                                      "warmup_done": s.warmup_until_train_acc <= 0, "best_top1_err": math.inf}
-        if resume:
-            self.resume()
-        if not evaluate_only:
-            self.write_config()
+                self.mixup = Mixup(mixup_alpha=s.mixup, cutmix_alpha=s.cutmix, label_smoothing=s.label_smoothing,
+                                   num_classes=len(self.class_names))
+            # Schedule state that is not a pure function of the iteration (plateau, accuracy-triggered warm-up).
+            self.state: dict[str, Any] = {"plateau_factor": 1.0, "best_val_err": math.inf, "bad_epochs": 0,
+                                          "warmup_done": s.warmup_until_train_acc <= 0, "best_top1_err": math.inf}
+            if resume:
+                self.resume()
+            if not evaluate_only:
+                self.write_config()
 
     # ------------------------------------------------------------------------------------------------ state
 

@@ -14,6 +14,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,16 @@ class TrainerBase:
     def write_config(self) -> None:
         if self.accelerator.is_main_process:
             save_config(self.cfg, self.output_dir / "config.yaml")
+
+    @contextmanager
+    def released_on_error(self) -> Iterator[None]:
+        """Wrap a subclass's set-up after ``super().__init__``: if it fails (a bad weights file, a missing dataset),
+        the output folder is given back, so the same process (a notebook, a test) can start another run there."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """End of the run: flush the metrics and give the output folder back."""
