@@ -12,6 +12,7 @@ from detection.config import load_detection_config
 from detection.faster_rcnn import FasterRCNN, build_faster_rcnn
 from detection.predictor import Predictor, list_images
 from detection.tta import resize_for_test
+from resbackbone.errors import ConfigError
 from tests.helpers import TINY_CLASSES, TINY_DETECTOR, noise_image
 
 
@@ -63,3 +64,18 @@ def test_fold_batchnorm_keeps_detections(norm: str) -> None:
     assert torch.equal(fused["labels"], plain["labels"])
     with pytest.raises(ValueError, match="eval"):
         fold_batchnorm(model.train())
+
+
+def test_test_size_override_and_no_resampling_at_the_own_size(tiny_checkpoint: Path) -> None:
+    own = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    assert (own.min_size, own.max_size) == (64, 96)  # the checkpoint's data.min/max_size_test
+    p = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", min_size=50, max_size=80)
+    assert (p.min_size, p.max_size) == (50, 80)
+    assert Predictor.from_checkpoint(tiny_checkpoint, device="cpu", max_size=200).min_size == 64
+    with pytest.raises(ConfigError, match="--min-size 100 --max-size 96"):
+        Predictor.from_checkpoint(tiny_checkpoint, device="cpu", min_size=100)
+    # An image whose sides already fit is passed through untouched (no interpolation round trip).
+    image = noise_image(50, 70, 1)
+    assert torch.equal(resize_for_test(image, 50, 70), torch.from_numpy(image).permute(2, 0, 1))
+    assert torch.equal(resize_for_test(image, 50, 1000), torch.from_numpy(image).permute(2, 0, 1))
+    assert tuple(resize_for_test(image, 60, 1000).shape) == (3, 60, 84)
