@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resbackbone.errors import ConfigError, DataNotFoundError
+from resbackbone.errors import ConfigError, DataError, DataNotFoundError
 
 from .data.transforms import decode_image
 from .tta import TTAOptions, predict_tta
@@ -148,14 +148,25 @@ class Predictor:
         return results
 
     def predict_files(
-        self, paths: Iterable[str | Path], batch_size: int = 1
+        self, paths: Iterable[str | Path], batch_size: int = 1, *, skipped: list[tuple[Path, str]] | None = None
     ) -> Iterator[tuple[Path, np.ndarray, dict[str, Tensor]]]:
-        """Yield ``(path, RGB image, detections)`` for each file, running ``batch_size`` images at a time."""
+        """Yield ``(path, RGB image, detections)`` for each file, running ``batch_size`` images at a time.
+
+        ``skipped``: None stops at the first file that cannot be decoded (a :class:`DataError` naming it); a list
+        collects ``(path, reason)`` of such files instead and the others are still predicted.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         chunk: list[tuple[Path, np.ndarray]] = []
         for p in paths:
-            chunk.append((Path(p), decode_image(p)))
+            try:
+                image = decode_image(p)
+            except DataError as e:
+                if skipped is None:
+                    raise
+                skipped.append((Path(p), str(e)))
+                continue
+            chunk.append((Path(p), image))
             if len(chunk) == batch_size:
                 yield from self._run_chunk(chunk)
                 chunk = []

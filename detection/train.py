@@ -144,6 +144,7 @@ class Trainer(TrainerBase):
                                            gamma=s.gamma, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
             self.prepare(model, optimizer, scheduler)
             self.best: dict[str, Any] = {}
+            self.data_counts = {"boxes_dropped": 0, "images_skipped": 0}
             if resume:
                 self.resume()
             self.write_config()
@@ -216,6 +217,11 @@ class Trainer(TrainerBase):
         finally:
             bar.close()
         train_seconds = time.perf_counter() - start_time
+        counts = self.data_counts
+        if counts["boxes_dropped"] or counts["images_skipped"]:
+            logger.info("data: %d ground-truth box(es) dropped as degenerate after resize / clipping, %d unreadable "
+                        "image(s) replaced (data.skip_bad) in this process's batches", counts["boxes_dropped"],
+                        counts["images_skipped"])
         result: dict[str, Any] = {"iteration": last_iter, "train_seconds": train_seconds}
         if last_iter >= s.max_iter:
             if self.start_iter < s.max_iter or not (self.output_dir / FINAL_WEIGHTS_NAME).exists():
@@ -244,6 +250,9 @@ class Trainer(TrainerBase):
                 acc.backward(loss)
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v) / s.grad_accum_steps
+            # Counted from the targets (not the dataset object), so images handled in worker processes count too.
+            self.data_counts["boxes_dropped"] += sum(int(t.get("num_dropped", 0)) for t in targets)
+            self.data_counts["images_skipped"] += sum(bool(t.get("skipped", False)) for t in targets)
         if s.clip_grad_norm > 0:
             acc.clip_grad_norm_(self.model.parameters(), s.clip_grad_norm)
         self.optimizer.step()
@@ -252,6 +261,7 @@ class Trainer(TrainerBase):
         self.scheduler.step()
         totals["loss"] = sum(v for k, v in totals.items() if k.startswith("loss_"))
         totals["lr"] = lr
+        totals.update(self.data_counts)  # running totals of this process since the start (or resume)
         return totals
 
     def _evaluate(self) -> dict[str, Any]:

@@ -10,7 +10,34 @@ from __future__ import annotations
 
 
 class InputError(Exception):
-    """Base of every error caused by user input; its message names the file, key or value."""
+    """Base of every error caused by user input; its message names the file, key or value.
+
+    Raised inside a DataLoader worker, torch re-creates the error in the main process with the worker's whole
+    traceback as its message; that is folded back to the original one line (plus where it happened), so a bad
+    image met by a worker after hours of training reads as it would in the main process.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and _WORKER_PREFIX in args[0]:
+            args = (_from_worker(args[0]),)
+        super().__init__(*args)
+
+
+_WORKER_PREFIX = "DataLoader worker process"
+
+
+def _from_worker(message: str) -> str:
+    """``"Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...\nmodule.DataError: text"`` ->
+    ``"text (in DataLoader worker process 0)"``."""
+    first, _, rest = message.partition("\n")
+    where = first[first.find(" in ") + 4:].rstrip(".") if " in " in first else "a DataLoader worker"
+    lines = [line for line in rest.splitlines() if line.strip()]
+    last = lines[-1] if lines else first
+    head, sep, text = last.partition(": ")
+    # The last traceback line is "package.module.ErrorName: message"; keep the message.
+    if sep and " " not in head:
+        last = text
+    return f"{last} (in {where})"
 
 
 class ConfigError(InputError, ValueError):
@@ -41,7 +68,13 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint file does not exist; the message names the path."""
 
 
+class OutputError(InputError, OSError):
+    """A file cannot be written (full disk, read-only folder, no permission); the message names the path. What was
+    there before is left as it was (writes are atomic)."""
+
+
 __all__ = [
+    "OutputError",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ConfigError",

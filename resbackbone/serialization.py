@@ -8,16 +8,18 @@ target directory and are renamed into place, so a crash never leaves a truncated
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError, CheckpointNotFoundError
+from .errors import CheckpointError, CheckpointNotFoundError, OutputError
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -74,9 +76,26 @@ def _umask() -> int:
     return mask
 
 
+def _write_failure(path: Path, e: BaseException) -> OutputError:
+    """One line for a failed write: the path and why (torch reports a full disk as a RuntimeError from its zip
+    writer, ``inline_container.cc``, without the reason: the free space is checked to say it)."""
+    if isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    else:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(path.parent).free
+            if free < 64 * 2**20:
+                reason = f"no space left on the device ({free / 2**20:.1f} MiB free)"
+    return OutputError(f"cannot write {path}: {reason}; the previous file, if any, is unchanged")
+
+
 def _atomic_write(path: Path, write: Any, mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_failure(path, e) from e
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -85,9 +104,12 @@ def _atomic_write(path: Path, write: Any, mode: str) -> None:
         # mkstemp creates 0600 files; the final file gets the permissions a plain open() would give it.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "inline_container" in str(e)):
+            raise _write_failure(path, e) from e
         raise
 
 

@@ -8,7 +8,8 @@
 
 Writes into --output: one drawn image per input (same name; PNG unless the input was a JPEG), detections.json
 ({"class_names": [...], "images": {file name: {"height", "width", "detections": [{"box" XYXY original pixels,
-"score", "label", "class_name"}]}}}) and coco_results.json (COCO results format: image_id = the file's position in
+"score", "label", "class_name"}]}}, "skipped": {file name: why}}: files that cannot be decoded are skipped and
+reported, the others still processed) and coco_results.json (COCO results format: image_id = the file's position in
 the sorted input list, category_id = label + 1, bbox = [x, y, width, height]).
 
 With --eval-dataset NAME (instead of --input) the same predictions, TTA included, run over a test set and are
@@ -101,7 +102,8 @@ def predict(args: argparse.Namespace, tta: TTAOptions, files: list[Path]) -> int
     per_image: dict[str, dict] = {}
     coco: list[dict] = []
     index = {p: i for i, p in enumerate(files)}
-    bar = tqdm(predictor.predict_files(files, args.batch_size), total=len(files), desc="infer",
+    skipped: list[tuple[Path, str]] = []
+    bar = tqdm(predictor.predict_files(files, args.batch_size, skipped=skipped), total=len(files), desc="infer",
                disable=len(files) < 2, dynamic_ncols=True)
     for path, image, det in bar:
         per_image[path.name] = {"height": int(image.shape[0]), "width": int(image.shape[1]),
@@ -117,10 +119,20 @@ def predict(args: argparse.Namespace, tta: TTAOptions, files: list[Path]) -> int
             target = out_dir / (path.stem + suffix)
             if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
                 raise SystemExit(f"could not write {target}")
-    (out_dir / "detections.json").write_text(json.dumps({"class_names": names, "images": per_image}, indent=1))
+    report = {"class_names": names, "images": per_image,
+              "skipped": {str(p.name): reason for p, reason in skipped}}
+    (out_dir / "detections.json").write_text(json.dumps(report, indent=1))
     (out_dir / "coco_results.json").write_text(json.dumps(coco))
     total = sum(len(v["detections"]) for v in per_image.values())
-    logger.info("%d detection(s) >= %.2f in %d image(s); wrote %s", total, args.score_thresh, len(files), out_dir)
+    logger.info("%d detection(s) >= %.2f in %d image(s); wrote %s", total, args.score_thresh, len(per_image),
+                out_dir)
+    for path, reason in skipped:
+        print(f"infer: skipped {path}: {reason}", file=sys.stderr)
+    if skipped and not per_image:
+        raise SystemExit(f"infer: error: none of the {len(files)} file(s) could be decoded")
+    if skipped:
+        logger.warning("%d of %d file(s) could not be decoded and were skipped (listed under 'skipped' in "
+                       "detections.json)", len(skipped), len(files))
     return 0
 
 

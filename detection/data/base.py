@@ -4,7 +4,7 @@ A record is one image: its file, id, original size and ground truth in OUR conve
 labels in [0, K), a difficult flag). Items are ``(image uint8 (3, H, W) RGB resized, target)`` with target
 ``{"boxes" float32 (N, 4) resized pixels, "labels" int64 (N,), "difficult" bool (N,), "image_id", "orig_size"
 (H0, W0), "size" (H, W), "index" i, "num_dropped" boxes removed as degenerate, "skipped" True for an unreadable
-image replaced by a black one (evaluation under ``skip_bad``)}``.
+image replaced by a black one (evaluation) or by another image (training) under ``skip_bad``}``.
 
 Shape shorthand: H0, W0 = original image (annotation pixels); H, W = resized image; N = boxes of one image.
 """
@@ -43,6 +43,23 @@ class Record:
     boxes: np.ndarray  # (N, 4) float32 XYXY
     labels: np.ndarray  # (N,) int64 in [0, K)
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (N,) bool
+
+
+def check_size(record: Record, height: int, width: int) -> None:
+    """Refuse an image whose decoded size is not its annotation's: the boxes would be guessed, not known.
+
+    Decoding applies the EXIF orientation (OpenCV's default, as photo viewers and annotation tools show the photo),
+    so annotations must be in the oriented pixels; a transposed size is reported as what it most likely is. An
+    annotation without a size (0) takes the decoded one.
+    """
+    if record.height <= 0 or record.width <= 0 or (height, width) == (record.height, record.width):
+        return
+    hint = ""
+    if (height, width) == (record.width, record.height):
+        hint = (" (transposed: the photo carries an EXIF orientation, applied when decoding, and the annotation was "
+                "made on the stored, unrotated pixels; re-annotate the oriented image or strip the EXIF tag)")
+    raise DataError(f"{record.file}: decoded size {width}x{height} (w x h) differs from the annotation's "
+                    f"{record.width}x{record.height}{hint}; its boxes cannot be trusted")
 
 
 class DetectionDataset(Dataset):
@@ -136,7 +153,9 @@ class DetectionDataset(Dataset):
             if self.train:
                 # Training only needs *an* image: a seeded substitute keeps the batch full and reproducible.
                 fallback = random.Random(index if seed is None else seed).randrange(len(self))
-                return self._load(fallback, seed)
+                image, target = self._load(fallback, seed)
+                target["skipped"] = True  # flagged, so the trainer counts skips across worker processes
+                return image, target
             # Evaluation must keep a one-to-one item <-> image mapping (a substitute would score another image
             # twice): a black image of the annotated size, flagged, so its ground truth counts as missed.
             return self._load(index, seed, blank=True)
@@ -144,12 +163,8 @@ class DetectionDataset(Dataset):
     def _load(self, index: int, seed: int | None, blank: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
         r = self.records[index]
         image = np.zeros((r.height, r.width, 3), np.uint8) if blank else decode_image(r.file)
-        if image.shape[0] != r.height or image.shape[1] != r.width:
-            # Annotation sizes are occasionally wrong in the wild; trust the pixels and rescale the boxes.
-            sy, sx = image.shape[0] / r.height, image.shape[1] / r.width
-            boxes = r.boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
-        else:
-            boxes = r.boxes
+        check_size(r, image.shape[0], image.shape[1])
+        boxes = r.boxes
         keep = self._train_mask(r)
         boxes, labels = boxes[keep], r.labels[keep]
         difficult = r.difficult[keep] if len(r.difficult) == len(r.boxes) else np.zeros(len(boxes), dtype=bool)

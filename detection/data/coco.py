@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from resbackbone.errors import DataError
 
 from .base import Record
+
+logger = logging.getLogger("detection.data")
 
 # The 80 COCO detection categories by category id (1..90 with gaps), i.e. our contiguous label order; the names
 # as instances_{train,val}{2014,2017}.json spell them. Models trained elsewhere on COCO (Detectron2, torchvision)
@@ -40,9 +45,11 @@ def load_coco(ann_file: Path):  # noqa: ANN201 - pycocotools.coco.COCO
         raise DataError(f"COCO annotation file not found: {ann_file} (see datasets/README.md)")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(ann_file))
+            coco = COCO(str(ann_file))
     except Exception as e:  # noqa: BLE001 - json / key errors from a malformed file
         raise DataError(f"cannot read COCO annotation file {ann_file}: {type(e).__name__}: {e}") from e
+    check_coco(coco.dataset, ann_file)
+    return coco
 
 
 def load_coco_records(ann_file: Path, image_dir: Path) -> tuple[list[Record], list[str], dict[int, int], object]:
@@ -53,6 +60,7 @@ def load_coco_records(ann_file: Path, image_dir: Path) -> tuple[list[Record], li
     class_names = [coco.loadCats(c)[0]["name"] for c in cat_ids]
     cat_to_label = {c: i for i, c in enumerate(cat_ids)}
     records = []
+    tiny = 0
     for img_id in sorted(coco.getImgIds()):
         info = coco.loadImgs(img_id)[0]
         boxes, labels = [], []
@@ -61,6 +69,7 @@ def load_coco_records(ann_file: Path, image_dir: Path) -> tuple[list[Record], li
                 continue
             x, y, w, h = ann["bbox"]
             if w < 1 or h < 1:
+                tiny += 1  # COCO has a few sub-pixel boxes; not trainable, and scored by pycocotools as it does
                 continue
             boxes.append((x, y, x + w, y + h))
             labels.append(cat_to_label[ann["category_id"]])
@@ -75,4 +84,43 @@ def load_coco_records(ann_file: Path, image_dir: Path) -> tuple[list[Record], li
                 np.zeros(len(boxes), dtype=bool),
             )
         )
+    if tiny:
+        logger.info("%s: %d annotation(s) narrower or lower than 1 px are not training targets", ann_file, tiny)
     return records, class_names, {i: c for c, i in cat_to_label.items()}, coco
+
+
+def check_coco(data: dict, ann_file: Path) -> None:
+    """Refuse what pycocotools would silently get wrong: duplicate image or annotation ids (the later one wins,
+    so an image gets another's pixels or boxes), annotations of unknown images or categories, malformed or
+    inverted boxes. One line naming the file and the first offending id."""
+
+    def dup(ids: list) -> Any:
+        seen: set = set()
+        return next((i for i in ids if i in seen or seen.add(i)), None)  # type: ignore[func-returns-value]
+
+    try:
+        images, anns, cats = data.get("images", []), data.get("annotations", []), data.get("categories", [])
+        image_ids = [im["id"] for im in images]
+        cat_ids = {c["id"] for c in cats}
+        ann_ids = [a["id"] for a in anns if "id" in a]
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{ann_file}: an image / category / annotation entry without {e}") from e
+    if (d := dup(image_ids)) is not None:
+        raise DataError(f"{ann_file}: image id {d} is used by more than one image (file names "
+                        f"{[im.get('file_name') for im in images if im['id'] == d][:3]})")
+    if (d := dup(ann_ids)) is not None:
+        raise DataError(f"{ann_file}: annotation id {d} is used by more than one annotation")
+    known = set(image_ids)
+    for a in anns:
+        where = f"{ann_file}: annotation {a.get('id', '?')}"
+        if a.get("image_id") not in known:
+            raise DataError(f"{where} refers to image id {a.get('image_id')!r}, which is not in 'images'")
+        if a.get("category_id") not in cat_ids:
+            raise DataError(f"{where} has category_id {a.get('category_id')!r}, which is not in 'categories' "
+                            f"(ids {sorted(cat_ids)[:10]}{' ...' if len(cat_ids) > 10 else ''})")
+        box = a.get("bbox")
+        if (not isinstance(box, list | tuple) or len(box) != 4
+                or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)):
+            raise DataError(f"{where}: bbox must be 4 finite numbers [x, y, width, height], got {box!r}")
+        if box[2] < 0 or box[3] < 0:
+            raise DataError(f"{where}: bbox {box} has a negative width or height")

@@ -54,6 +54,11 @@ def parse_voc_xml(path: Path, class_to_index: dict[str, int]) -> tuple[int, int,
                 raise DataError(f"{path}: unknown class name {name!r} (expected one of the dataset's classes)")
             bb = obj.find("bndbox")
             x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore
+            if x2 < x1 or y2 < y1:
+                # An inverted box (negative width or height) counted as an object would change AP: refuse it.
+                # (Boxes reaching past the border, common in real annotations, are clipped by the transform.)
+                raise DataError(f"{path}: object {len(boxes) + 1} ({name}) has an inverted box xmin={x1:g} "
+                                f"ymin={y1:g} xmax={x2:g} ymax={y2:g}")
             boxes.append((x1 - 1.0, y1 - 1.0, x2, y2))  # 1-based inclusive -> continuous
             labels.append(class_to_index[name])
             difficult.append(int(obj.findtext("difficult") or 0) == 1)

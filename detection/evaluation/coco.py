@@ -11,6 +11,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,27 @@ def load_results_json(path: str | Path) -> list[dict[str, Any]]:
     for i, r in enumerate(results):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
             raise DataError(f"{path}: entry {i} lacks one of image_id, category_id, bbox, score: {str(r)[:100]}")
+        problem = _result_problem(r)
+        if problem:
+            raise DataError(f"{path}: entry {i} {problem}: {str(r)[:120]}")
     return results
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _result_problem(r: Mapping[str, Any]) -> str | None:
+    """Why a COCO result entry would change the metric or crash pycocotools (None: it is fine)."""
+    for key in ("image_id", "category_id"):
+        if not isinstance(r[key], int) or isinstance(r[key], bool):
+            return f"has a non-integer {key} {r[key]!r}"
+    if not _is_number(r["score"]):
+        return f"has a score that is not a finite number ({r['score']!r})"
+    box = r["bbox"]
+    if not isinstance(box, list | tuple) or len(box) != 4 or not all(_is_number(v) for v in box):
+        return "has a bbox that is not 4 finite numbers [x, y, width, height]"
+    return None
 
 
 def evaluate_coco_results(gt_json_path: str | Path, results_json_path: str | Path) -> dict[str, Any]:

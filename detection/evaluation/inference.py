@@ -14,7 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from resbackbone.errors import DataError
+from resbackbone.errors import DataError, InputError
+
+
+class ModelOutputError(InputError, ValueError):
+    """The detector's outputs cannot be scored (non-finite scores or boxes): the model file is broken."""
 
 
 def _to_cpu(output: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -46,7 +50,13 @@ def score_predictions(
     seen = 0
     start = time.perf_counter()
     for target, detections in predictions:
-        evaluator.add(target, _to_cpu(detections))
+        detections = _to_cpu(detections)
+        bad = [k for k in ("boxes", "scores") if k in detections and not bool(torch.isfinite(detections[k]).all())]
+        if bad:
+            # A NaN score sorts anywhere and changes AP: a diverged model must not get a number.
+            raise ModelOutputError(f"the detector produced non-finite {' and '.join(bad)} for image "
+                                   f"{target.get('image_id')!r}: its weights are broken (diverged training?)")
+        evaluator.add(target, detections)
         seen += 1
     seconds = time.perf_counter() - start
     if accelerator is not None and accelerator.num_processes > 1:

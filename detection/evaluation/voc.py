@@ -21,6 +21,7 @@ left out of the mean and reported as ``None`` in JSON.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,8 @@ def read_devkit_results(
                 s, x1, y1, x2, y2 = (float(v) for v in parts[1:])
             except ValueError as e:
                 raise DataError(f"{p}:{ln}: non-numeric value in {line!r}") from e
+            if not all(math.isfinite(v) for v in (s, x1, y1, x2, y2)):
+                raise DataError(f"{p}:{ln}: a score or coordinate is not finite (nan / inf change AP): {line!r}")
             rows.setdefault(index_of[parts[0]], []).append((x1 - 1.0, y1 - 1.0, x2, y2, s, c))  # 1-based -> ours
     if found == 0:
         raise DataNotFoundError(f"no {prefix}<class>.txt files in {directory}")

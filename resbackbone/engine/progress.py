@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import OutputError
+
 # Step times averaged for images/s and the ETA (recent enough to follow an lr step or an evaluation pause).
 PROGRESS_WINDOW = 20
 
@@ -53,8 +55,11 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": step, "time": round(time.time(), 3), **metrics}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk or a folder made read-only mid-run: one line, not a traceback
+            raise OutputError(f"cannot append to {self.path}: {e.strerror or e}") from e
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, int | float) and math.isfinite(float(v)):

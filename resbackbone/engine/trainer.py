@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_everything
 from .config import save_config, to_dict
 from .progress import MetricsWriter
@@ -63,8 +63,11 @@ class RunFolder:
     def acquire(self) -> None:
         import fcntl
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        f = open(self.directory / self.LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            f = open(self.directory / self.LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
+        except OSError as e:  # read-only or full disk, no permission: before any work is done
+            raise OutputError(f"cannot use output folder {self.directory}: {e.strerror or e}") from e
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
