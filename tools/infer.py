@@ -126,8 +126,8 @@ def predict(args: argparse.Namespace, tta: TTAOptions, files: list[Path]) -> int
     total = sum(len(v["detections"]) for v in per_image.values())
     logger.info("%d detection(s) >= %.2f in %d image(s); wrote %s", total, args.score_thresh, len(per_image),
                 out_dir)
-    for path, reason in skipped:
-        print(f"infer: skipped {path}: {reason}", file=sys.stderr)
+    for _, reason in skipped:  # the reason names the file
+        print(f"infer: skipped: {reason}", file=sys.stderr)
     if skipped and not per_image:
         raise SystemExit(f"infer: error: none of the {len(files)} file(s) could be decoded")
     if skipped:
