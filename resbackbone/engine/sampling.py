@@ -12,11 +12,15 @@ A checkpoint therefore only needs the iteration number as its "data position".
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch.utils.data import Dataset
+
+logger = logging.getLogger("resbackbone.engine.sampling")
 
 # Extra 64-bit mixing constant so per-sample augmentation seeds of different runs / iterations do not collide.
 _SEED_MIX = 0x9E3779B97F4A7C15
@@ -165,12 +169,45 @@ class InferenceSampler:
 def _seed_worker(worker_id: int) -> None:
     # Library code that uses the global RNGs gets a per-worker seed derived from torch's.
     import random
+    import sys
 
     import numpy as np
 
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - the global legacy RNG is what data libraries use
+    # One thread per worker: W workers each starting an OpenCV and a torch thread pool the size of the machine
+    # would oversubscribe the cores the training process needs (results do not depend on it).
+    torch.set_num_threads(1)
+    cv2 = sys.modules.get("cv2")  # only when the dataset uses OpenCV; this module does not import it
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or a job scheduler's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def usable_workers(requested: int) -> int:
+    """DataLoader workers for one process: ``requested``, but no more than its share of the CPUs it may run on
+    (the available CPUs divided by the processes of this machine, ``LOCAL_WORLD_SIZE`` under accelerate /
+    torchrun); a cap is logged once."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    cap = max(1, available_cpus() // local)
+    if requested > cap:
+        if (requested, cap) not in _CAPPED:
+            _CAPPED.add((requested, cap))
+            logger.info("data loading: %d workers requested, %d used (%d CPUs available to %d process(es))",
+                        requested, cap, available_cpus(), local)
+        return cap
+    return max(0, requested)
+
+
+_CAPPED: set[tuple[int, int]] = set()
 
 
 def build_train_loader(
@@ -210,8 +247,8 @@ def build_train_loader(
         sampler = SeededBatchSampler(sampler, seed=seed, start_iter=start_iter, per_process=batch_size, rank=rank)
         dataset = SeededDataset(dataset)
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
-        persistent_workers=num_workers > 0, worker_init_fn=_seed_worker, pin_memory=pin_memory,
+        dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=(workers := usable_workers(num_workers)),
+        persistent_workers=workers > 0, worker_init_fn=_seed_worker, pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -224,9 +261,9 @@ def build_inference_loader(
     across ``num_replicas`` processes)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset), num_replicas, rank),
-        collate_fn=collate_fn, num_workers=num_workers, worker_init_fn=_seed_worker,
+        collate_fn=collate_fn, num_workers=usable_workers(num_workers), worker_init_fn=_seed_worker,
     )
 
 
 __all__ = ["InferenceSampler", "SeedableDataset", "SeededBatchSampler", "SeededDataset", "TrainBatchSampler",
-           "build_inference_loader", "build_train_loader", "sample_seed"]
+           "available_cpus", "build_inference_loader", "build_train_loader", "sample_seed", "usable_workers"]

@@ -4,6 +4,7 @@ ranks, aspect grouping, epoch coverage); inference shards cover every index once
 from __future__ import annotations
 
 import pytest
+import torch
 
 from resbackbone.engine.sampling import InferenceSampler, TrainBatchSampler
 from tests.helpers import take_batches
@@ -65,3 +66,29 @@ def test_inference_shards_cover_every_index_once(n: int) -> None:
     assert [i for s in shards for i in s] == list(range(n))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
     assert list(InferenceSampler(n)) == list(range(n))
+
+
+class _ThreadProbe(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        import cv2
+
+        return torch.get_num_threads(), cv2.getNumThreads()
+
+
+def test_workers_are_capped_to_the_cpus_and_use_one_thread_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2  # noqa: F401 - loaded, as a dataset using OpenCV would have it, so workers limit its threads
+
+    from resbackbone.engine import sampling
+
+    monkeypatch.setattr(sampling, "available_cpus", lambda: 4)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert sampling.usable_workers(8) == 4 and sampling.usable_workers(2) == 2 and sampling.usable_workers(0) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on this machine share the 4 CPUs
+    assert sampling.usable_workers(8) == 2
+    loader = sampling.build_inference_loader(_ThreadProbe(), batch_size=1, num_workers=1,
+                                             collate_fn=lambda b: b[0])
+    assert loader.num_workers == 1
+    assert next(iter(loader)) == (1, 1)
