@@ -169,19 +169,14 @@ class InferenceSampler:
 def _seed_worker(worker_id: int) -> None:
     # Library code that uses the global RNGs gets a per-worker seed derived from torch's.
     import random
-    import sys
 
     import numpy as np
 
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - the global legacy RNG is what data libraries use
-    # One thread per worker: W workers each starting an OpenCV and a torch thread pool the size of the machine
-    # would oversubscribe the cores the training process needs (results do not depend on it).
-    torch.set_num_threads(1)
-    cv2 = sys.modules.get("cv2")  # only when the dataset uses OpenCV; this module does not import it
-    if cv2 is not None:
-        cv2.setNumThreads(1)
+    # Threads: torch's worker loop already runs each worker with one intra-op thread. OpenCV's pool is not touched
+    # here: cv2.setNumThreads in a forked worker deadlocked (futex wait) once the parent had used OpenCV's pool.
 
 
 def available_cpus() -> int:
