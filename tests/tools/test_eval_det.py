@@ -67,7 +67,9 @@ def test_tool_errors_are_one_line(voc07_test_root: Path, tmp_path: Path, capsys:
         eval_det.main(["--results", str(tmp_path / "d")])  # neither --dataset nor --gt-json
 
 
-def test_checkpoint_path_with_a_tiny_real_detector(voc07_test_root: Path, tmp_path: Path) -> None:
+def test_checkpoint_path_with_a_tiny_real_detector(voc07_test_root: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from detection.checkpoint import detector_payload
     from detection.config import load_detection_config
     from detection.faster_rcnn import build_faster_rcnn
@@ -86,6 +88,16 @@ def test_checkpoint_path_with_a_tiny_real_detector(voc07_test_root: Path, tmp_pa
     assert metrics["num_images"] == 4 and metrics["metric"] == "voc07"
     assert set(metrics["per_class"]) == set(VOC_CLASSES) and 0.0 <= metrics["mAP"] <= 1.0
     assert len(list((tmp_path / "dk").glob("comp4_det_test_*.txt"))) == 20
+    # Another test size from the command line: said in the log, and an impossible one is one line.
+    with caplog.at_level("INFO"):
+        assert eval_det.main(["--checkpoint", str(tmp_path / "model.pth"), "--dataset", "voc07-test", "--data-root",
+                              str(voc07_test_root), "--cpu", "--num-workers", "0", "--no-progress",
+                              "--min-size", "64", "--max-size", "96"]) == 0
+    assert "at test size 64/96" in caplog.text
+    capsys.readouterr()
+    assert eval_det.main(["--checkpoint", str(tmp_path / "model.pth"), "--dataset", "voc07-test", "--data-root",
+                          str(voc07_test_root), "--cpu", "--min-size", "200", "--max-size", "100"]) == 2
+    assert "--min-size 200 --max-size 100" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "coco").is_dir(), reason="../shared/data not present")
