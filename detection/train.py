@@ -117,25 +117,24 @@ class Trainer(TrainerBase):
                 logger.info("model.num_classes follows the training set: %d -> %d", model_cfg.num_classes,
                             len(class_names))
                 model_cfg = replace(model_cfg, num_classes=len(class_names))
-            init = None
-            if model_cfg.weights != "none":
+            detector = model_cfg.weights if model_cfg.weights != "none" else None
+            if detector is not None:
                 # Fine-tuning a trained detector: its architecture, then its tensors; ImageNet weights are not read.
-                init_cfg, init_names, init_state = read_detector_file(model_cfg.weights)
-                model_cfg = adopt_architecture(model_cfg, init_cfg.model, what=model_cfg.weights)
-                init = (init_names, init_state)
+                init_cfg, init_names, init_state = read_detector_file(detector)
+                model_cfg = adopt_architecture(model_cfg, init_cfg.model, what=detector)
                 weights = None
+                load: Any = None
             else:
+                # Read once and loaded without a second read; without any (from scratch, or a timm trunk, which
+                # loads its own through timm) the config says what to do.
                 weights = read_backbone_weights(model_cfg)
+                load = weights if weights is not None else FROM_CONFIG
             model_cfg = resolve_model_config(model_cfg, weights)
             self.cfg = cfg = replace(cfg, model=model_cfg)
             self.class_names = class_names
-            # The weights read above load without a second read; without any (from scratch, or a timm trunk, which
-            # loads its own through timm) the config says what to do.
-            load: Any = None if init is not None else weights if weights is not None else FROM_CONFIG
             model = build_faster_rcnn(model_cfg, class_names=class_names, weights=load)
-            if init is not None:
-                report = init_from_detector(model, init[1], init[0], what=model_cfg.weights)
-                logger.info("%s", report.summary())
+            if detector is not None:
+                logger.info("%s", init_from_detector(model, init_state, init_names, what=detector).summary())
             if self.accelerator.device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
             s = cfg.solver

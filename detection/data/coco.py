@@ -89,14 +89,20 @@ def load_coco_records(ann_file: Path, image_dir: Path) -> tuple[list[Record], li
     return records, class_names, {i: c for c, i in cat_to_label.items()}, coco
 
 
+def _first_duplicate(ids: list[Any]) -> Any:
+    """The first id that occurs a second time, or None."""
+    seen: set[Any] = set()
+    for i in ids:
+        if i in seen:
+            return i
+        seen.add(i)
+    return None
+
+
 def check_coco(data: dict, ann_file: Path) -> None:
     """Refuse what pycocotools would silently get wrong: duplicate image or annotation ids (the later one wins,
     so an image gets another's pixels or boxes), annotations of unknown images or categories, malformed or
     inverted boxes. One line naming the file and the first offending id."""
-
-    def dup(ids: list) -> Any:
-        seen: set = set()
-        return next((i for i in ids if i in seen or seen.add(i)), None)  # type: ignore[func-returns-value]
 
     try:
         images, anns, cats = data.get("images", []), data.get("annotations", []), data.get("categories", [])
@@ -105,10 +111,10 @@ def check_coco(data: dict, ann_file: Path) -> None:
         ann_ids = [a["id"] for a in anns if "id" in a]
     except (KeyError, TypeError) as e:
         raise DataError(f"{ann_file}: an image / category / annotation entry without {e}") from e
-    if (d := dup(image_ids)) is not None:
+    if (d := _first_duplicate(image_ids)) is not None:
         raise DataError(f"{ann_file}: image id {d} is used by more than one image (file names "
                         f"{[im.get('file_name') for im in images if im['id'] == d][:3]})")
-    if (d := dup(ann_ids)) is not None:
+    if (d := _first_duplicate(ann_ids)) is not None:
         raise DataError(f"{ann_file}: annotation id {d} is used by more than one annotation")
     known = set(image_ids)
     for a in anns:
