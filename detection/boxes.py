@@ -80,11 +80,9 @@ def cat_per_image(boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     if not boxes:
         return torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
     device = boxes[0].device
-    counts = [b.shape[0] for b in boxes]
-    # output_size spares repeat_interleave the device-to-host read of the total it would otherwise need.
-    index = torch.repeat_interleave(
-        torch.arange(len(boxes), device=device), torch.tensor(counts, device=device), output_size=sum(counts)
-    )
+    # Filled on the device from the host-known counts: no host->device copy (a blocking one on CUDA) and no
+    # device->host read.
+    index = torch.cat([torch.full((b.shape[0],), i, dtype=torch.int64, device=device) for i, b in enumerate(boxes)])
     return torch.cat(list(boxes)), index
 
 
@@ -106,7 +104,7 @@ def topk_per_image(kept: Tensor, image_index: Tensor, num_images: int, k: int) -
     # A stable sort by image keeps the score order inside each image; rank = position within its image.
     order = image_index.argsort(stable=True)
     kept, image_index = kept[order], image_index[order]
-    counts = torch.bincount(image_index, minlength=num_images)
+    counts = _counts(image_index, num_images)
     starts = counts.cumsum(0) - counts
     rank = torch.arange(kept.numel(), device=kept.device) - starts[image_index]
     return kept[rank < k]
@@ -122,6 +120,15 @@ def split_by_image(image_index: Tensor, num_images: int, *values: Tensor) -> tup
     Returns:
         one list per value, ``[(D0, ...), ..., (D{N-1}, ...)]`` (empty tensors for images without rows).
     """
-    # Python lists per image need the counts on the host: the path's only .tolist().
-    counts = torch.bincount(image_index, minlength=num_images).tolist()
+    if num_images == 1:
+        return tuple([v] for v in values)  # one image: its rows are all rows, no count to read
+    # Python lists per image need the counts on the host: the path's only host read, unavoidable.
+    counts = _counts(image_index, num_images).tolist()
     return tuple(list(v.split(counts)) for v in values)
+
+
+def _counts(image_index: Tensor, num_images: int) -> Tensor:
+    """``(D,)`` int64 image indices in ``[0, N)`` -> ``(N,)`` int64 rows per image. A scatter-add, not
+    ``torch.bincount``: on CUDA bincount reads the maximum (and minimum) back to the host to size its output."""
+    counts = torch.zeros(num_images, dtype=torch.int64, device=image_index.device)
+    return counts.scatter_add_(0, image_index, torch.ones_like(image_index))

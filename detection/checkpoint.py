@@ -37,20 +37,61 @@ BEST_WEIGHTS_NAME = "model_best.pth"
 def detector_payload(model: nn.Module, cfg: DetectionConfig, class_names: Sequence[str]) -> dict[str, Any]:
     """The weights-only detector file: everything needed to rebuild and run the model, no pickled objects.
 
-    ``cfg`` must be the resolved config the model was built from (what the trainer holds).
+    ``cfg`` must be the resolved config the model was built from (what the trainer holds). The model's
+    ``dataset_meta`` (see :func:`dataset_meta`), when it has one, goes along as ``"dataset"``.
     """
     return {
         "format": DETECTOR_FORMAT,
         "config": to_dict(cfg),
         "class_names": list(class_names),
+        "dataset": dict(getattr(model, "dataset_meta", None) or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+
+
+# Above this many images the file-name -> image-id map is left out of the detector file (it only serves
+# tools/infer.py on a user's folder; a COCO-sized map would add megabytes).
+MAX_IMAGE_ID_MAP = 200_000
+
+
+def dataset_meta(*datasets: Any) -> dict[str, Any]:
+    """What tools/infer.py needs to write results in a user's own ids: ``category_ids`` (our label -> the
+    dataset's category id, from the first dataset that has them) and ``image_ids`` (image file name -> the
+    dataset's image id, over all ``datasets``; names that occur twice with different ids are left out)."""
+    meta: dict[str, Any] = {}
+    for ds in datasets:
+        ids = getattr(ds, "contiguous_to_category_id", None)
+        if ids and "category_ids" not in meta:
+            meta["category_ids"] = [int(ids[i]) for i in range(len(ids))]
+    names: dict[str, Any] = {}
+    clash: set[str] = set()
+    for ds in datasets:
+        for r in getattr(ds, "records", []):
+            if names.setdefault(r.file.name, r.image_id) != r.image_id:
+                clash.add(r.file.name)
+    for name in clash:
+        del names[name]
+    if 0 < len(names) <= MAX_IMAGE_ID_MAP:
+        meta["image_ids"] = names
+    return meta
+
+
+def upgrade_config_dict(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config dict in today's keys: ``solver.grad_accum_steps`` (before 2026-12-01) became
+    ``solver.ims_per_device``, the images of one pass (``ims_per_batch / accumulation``; one process assumed)."""
+    data = dict(config)
+    solver = dict(data.get("solver") or {})
+    if "grad_accum_steps" in solver:
+        steps = max(int(solver.pop("grad_accum_steps") or 1), 1)
+        solver.setdefault("ims_per_device", max(int(solver.get("ims_per_batch", 2)) // steps, 1))
+        data["solver"] = solver
+    return data
 
 
 def _legacy_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """The config of a file written before the resolved config existed, with its separate "backbone" entry
     (norm, stride placement, pixel spec as the trained model used them) folded in, so it rebuilds the same."""
-    data = dict(ckpt["config"])
+    data = upgrade_config_dict(ckpt["config"])
     legacy = ckpt.get("backbone")
     if not legacy:
         return data
@@ -68,6 +109,14 @@ def _legacy_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_detector_file(path: str | Path) -> tuple[DetectionConfig, list[str], dict[str, torch.Tensor]]:
     """``(resolved config, class names, state dict)`` of a detector file or a training checkpoint."""
+    cfg, names, state, _ = read_detector_file_meta(path)
+    return cfg, names, state
+
+
+def read_detector_file_meta(
+    path: str | Path,
+) -> tuple[DetectionConfig, list[str], dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`read_detector_file` plus the file's ``"dataset"`` entry (see :func:`dataset_meta`; {} if none)."""
     path = Path(path)
     ckpt = CheckpointManager.load(path)
     if not isinstance(ckpt, Mapping) or "config" not in ckpt:
@@ -79,19 +128,21 @@ def read_detector_file(path: str | Path) -> tuple[DetectionConfig, list[str], di
         cfg = from_dict(DetectionConfig, _legacy_config(ckpt))
     except ValueError as e:
         raise CheckpointError(f"{path}: its config does not load: {e}") from e
-    return cfg, list(ckpt.get("class_names") or []), dict(state)
+    meta = ckpt.get("dataset")
+    return cfg, list(ckpt.get("class_names") or []), dict(state), dict(meta) if isinstance(meta, Mapping) else {}
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, DetectionConfig, list[str]]:
     """Rebuild a trained detector (eval mode, on ``device``), its resolved config and its class names."""
     from .faster_rcnn import build_faster_rcnn
 
-    cfg, class_names, state = read_detector_file(path)
+    cfg, class_names, state, meta = read_detector_file_meta(path)
     model = build_faster_rcnn(cfg.model, class_names=class_names or None, weights=None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model: missing {missing[:8]}, "
                               f"unexpected {unexpected[:8]}")
+    model.dataset_meta = meta  # category / image ids of the data it was trained on (tools/infer.py)
     return model.to(device).eval(), cfg, class_names
 
 
@@ -205,4 +256,5 @@ def init_from_detector(model: nn.Module, state: Mapping[str, torch.Tensor], sour
 
 
 __all__ = ["BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS", "InitReport",
-           "adopt_architecture", "detector_payload", "init_from_detector", "load_detector", "read_detector_file"]
+           "adopt_architecture", "dataset_meta", "detector_payload", "init_from_detector", "load_detector",
+           "read_detector_file", "read_detector_file_meta"]

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from resbackbone.engine.config import load_config
 from resbackbone.engine.schedule import SolverConfig as BaseSolverConfig
-from resbackbone.errors import ConfigError
 
 
 @dataclass
@@ -119,13 +118,21 @@ class ModelConfig:
     # spec, anchors, pooler, fc width) replace this config's; every tensor whose name and shape fit is loaded,
     # and classifier / box-regressor rows are kept for the class names both lists share.
     weights: str = "none"
+    # torch.compile the trunk and the per-RoI box head when the model is built (GPU speed; the first steps
+    # compile). Checkpoint keys are unchanged (the modules compile in place), so state dicts load both ways.
+    compile: bool = False
 
 
 @dataclass
 class DataConfig:
-    # Dataset names as typed on the command line (see datasets/README.md), e.g. "voc07+12", "voc07-test".
-    train: str = "synthetic-train"
-    test: str = "synthetic-test"
+    # Datasets as typed on the command line (see datasets/README.md): a name ("voc07+12", "voc07-test"), a
+    # description of a user's own set ("coco:ann.json:images/", "voc:folder[:split]", "yolo:data.yaml[:split]",
+    # a mapping {format: coco, ann_file: ..., image_dir: ...}), or a list of those (concatenated).
+    train: Any = "synthetic-train"
+    test: Any = "synthetic-test"
+    # The class list (label order) for VOC-style folders, whose XML has no list of its own; empty: the sorted
+    # names found in the training set's XML (logged).
+    classes: tuple[str, ...] = ()
     # Data root; None: $RESDET_DATA_ROOT or the repo's datasets/ folder.
     root: str | None = None
     # Training shorter side in pixels (one is chosen at random per image: multi-scale), long side cap.
@@ -151,16 +158,27 @@ class DataConfig:
 @dataclass
 class SolverConfig(BaseSolverConfig):
     """The shared solver fields (:class:`resbackbone.engine.schedule.SolverConfig`: batch, lr, schedule,
-    warm-up, clipping, precision, linear scaling, checkpoints) plus gradient accumulation."""
+    warm-up, clipping, precision, linear scaling, checkpoints) plus the per-device micro-batch and an
+    epoch-based schedule."""
 
-    # Gradient accumulation steps (per-step batch = ims_per_batch / processes / accumulation).
-    grad_accum_steps: int = 1
+    # Images one forward / backward pass holds per process (GPU or CPU): ims_per_batch is reached by gradient
+    # accumulation, ims_per_batch = processes x accumulation x ims_per_device, with the losses normalized over
+    # the whole batch (exact with frozen BN; trainable BN sees micro-batch statistics). Smaller than the
+    # per-process share: that share in one pass.
+    ims_per_device: int = 2
+    # Epoch-based schedule (0: use max_iter / steps as written). max_iter = ceil(max_epochs x training images /
+    # ims_per_batch), lr steps at step_fractions of it, e.g. [0.75]; resolved once the training set is known.
+    max_epochs: float = 0.0
+    step_fractions: tuple[float, ...] = ()
 
 
 @dataclass
 class TestConfig:
-    # Evaluate every N iterations during training (0: only at the end).
+    # Evaluate every N iterations during training (0: only at the end); each evaluation that improves the mAP
+    # writes model_best.pth.
     eval_period: int = 0
+    # With solver.max_epochs: evaluate every this many epochs instead (0: use eval_period).
+    eval_epochs: float = 0.0
     # "voc07", "voc", "coco", or None to choose from the test dataset.
     metric: Literal["voc07", "voc", "coco"] | None = None
     # Images per batch at evaluation (per process).
@@ -200,9 +218,5 @@ DEFAULT_TEST_SETS: dict[str, str] = {"synthetic-train": "synthetic-test", "synth
 def default_config_name(dataset: str | None) -> str:
     """The config file name (relative to ``configs/det/``) for training on ``dataset`` (None: synthetic)."""
     name = dataset or "synthetic-train"
-    if name not in DEFAULT_CONFIGS:
-        raise ConfigError(
-            f"no default config for training set {name!r}; pass --config (training sets with a default: "
-            f"{', '.join(DEFAULT_CONFIGS)})"
-        )
-    return DEFAULT_CONFIGS[name]
+    # A user's own dataset (any description that is not a catalog name): the small-dataset fine-tuning recipe.
+    return DEFAULT_CONFIGS.get(name, "finetune_c4.yaml")

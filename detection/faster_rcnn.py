@@ -118,7 +118,7 @@ class FasterRCNN(nn.Module):
         proposals, _, _ = self.rpn(features, sizes)
         detections, _ = self.roi_heads(features, proposals, sizes)
         if orig_sizes is not None:
-            detections = self.rescale(detections, sizes, orig_sizes)
+            detections = self.rescale(detections, [(int(im.shape[1]), int(im.shape[2])) for im in images], orig_sizes)
         return detections
 
     def _targets(self, targets: Sequence[dict[str, Any]], n: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -131,26 +131,38 @@ class FasterRCNN(nn.Module):
             lab = torch.as_tensor(t["labels"], dtype=torch.int64, device=device).reshape(-1)
             if b.shape[0] != lab.shape[0]:
                 raise ValueError(f"target {i}: {b.shape[0]} boxes but {lab.shape[0]} labels")
-            if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):
-                raise ValueError(
-                    f"target {i}: labels must be in [0, {self.num_classes}) (background is implicit), "
-                    f"got {sorted(set(lab.tolist()))}"
-                )
             boxes.append(b)
             labels.append(lab)
+        # One range check for the whole batch: a single host read (on a GPU) instead of a min and a max per image;
+        # the offending image is looked for only when there is one.
+        every = torch.cat(labels)
+        if every.numel() and bool(((every < 0) | (every >= self.num_classes)).any()):
+            i, lab = next((i, lab) for i, lab in enumerate(labels)
+                          if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes))
+            raise ValueError(
+                f"target {i}: labels must be in [0, {self.num_classes}) (background is implicit), "
+                f"got {sorted(set(lab.tolist()))}"
+            )
         return boxes, labels
 
     @staticmethod
     def rescale(
-        detections: list[dict[str, Tensor]], sizes: Tensor, orig_sizes: Sequence[tuple[int, int]]
+        detections: list[dict[str, Tensor]],
+        sizes: Tensor | Sequence[tuple[int, int]],
+        orig_sizes: Sequence[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
         """Input-pixel boxes -> original-image pixels (per-axis scale), clipped to the original image."""
         out = []
-        for det, (h, w), (h0, w0) in zip(detections, sizes.tolist(), orig_sizes):
-            scale = torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h], device=det["boxes"].device)
-            b = det["boxes"] * scale
+        # The sizes may be given as host (h, w) pairs (forward does, from the image shapes): no device read then.
+        hw = sizes.tolist() if isinstance(sizes, Tensor) else sizes
+        for det, (h, w), (h0, w0) in zip(detections, hw, orig_sizes):
+            # Python-float factors, not a 4-element tensor: no host->device copy per image. Multiplying by a
+            # Python float rounds it to float32 first, as the tensor did: the same products.
+            sx, sy = w0 / w, h0 / h
+            b = det["boxes"]
             b = torch.stack(
-                (b[:, 0].clamp(0, w0), b[:, 1].clamp(0, h0), b[:, 2].clamp(0, w0), b[:, 3].clamp(0, h0)), dim=1
+                ((b[:, 0] * sx).clamp(0, w0), (b[:, 1] * sy).clamp(0, h0), (b[:, 2] * sx).clamp(0, w0),
+                 (b[:, 3] * sy).clamp(0, h0)), dim=1
             )
             out.append({**det, "boxes": b})
         return out
@@ -326,4 +338,20 @@ def build_faster_rcnn(
     model = FasterRCNN(trunk, rpn, heads, pixel_spec=pixel_spec_of(cfg), class_names=class_names)
     if weights is not None:
         _load_backbone_weights(model, weights, cfg.arch, bb.weights)
+    if cfg.compile:
+        compile_hot_modules(model)
     return model
+
+
+def compile_hot_modules(model: FasterRCNN) -> None:
+    """``torch.compile`` the trunk (stem..res4 for C4, the dilated stem..res5 for DC5) and the per-RoI box head
+    (res5 + pooling for C4, the 2-fc head for DC5): the convolution-heavy parts with static control flow. The RPN
+    and RoI sampling / NMS stay eager: their data-dependent shapes would break the graphs anyway.
+
+    ``Module.compile`` compiles each module's call in place, so parameter and buffer names stay as they are
+    (``torch.compile(module)`` would wrap them as ``_orig_mod.*``): checkpoints load into compiled and eager
+    models alike. Compilation itself happens at the first call; later image sizes / RoI counts may recompile
+    once, then run with dynamic shapes.
+    """
+    model.trunk.compile()
+    model.roi_heads.box_head.compile()

@@ -38,13 +38,13 @@ class Matcher:
         """
         iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
         best, matched = iou.max(dim=1)  # (N, A)
+        # masked_fill, not boolean-index assignment: the latter runs nonzero on the mask (a host sync on a GPU).
         labels = torch.full_like(matched, IGNORE, dtype=torch.int8)
-        labels[best < self.bg_thresh] = NEGATIVE
-        labels[best >= self.fg_thresh] = POSITIVE
+        labels = labels.masked_fill_(best < self.bg_thresh, NEGATIVE).masked_fill_(best >= self.fg_thresh, POSITIVE)
         if self.allow_low_quality_matches:
             best_per_gt = iou.max(dim=2, keepdim=True).values  # (N, G, 1)
             # Ties count (as in Detectron / torchvision); a gt with IoU 0 everywhere gets no forced match.
             forced = ((iou == best_per_gt) & (best_per_gt > 0) & gt_valid[:, :, None]).any(dim=1)  # (N, A)
-            labels[forced] = POSITIVE
+            labels.masked_fill_(forced, POSITIVE)
         # Images without ground truth: best is -1 -> negative everywhere, matched index 0 is never used.
         return matched, labels

@@ -145,15 +145,20 @@ class RoIHeads(nn.Module):
         iou = batched_pairwise_iou(gt, padded)  # (N, G, P)
         matched, labels = self.matcher(iou, gt_valid)
         best = iou.masked_fill(~gt_valid[:, :, None], 0.0).max(dim=1).values  # (N, P); 0 without gt
-        labels[(best < self.bg_iou_thresh_lo) & (labels == NEGATIVE)] = IGNORE
-        labels[~valid] = IGNORE
+        # masked_fill, not boolean-index assignment (which runs nonzero: a host sync on a GPU).
+        labels = labels.masked_fill((best < self.bg_iou_thresh_lo) & (labels == NEGATIVE), IGNORE)
+        labels = labels.masked_fill(~valid, IGNORE)
         pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
         keep = pos | neg  # (N, P)
         cls = torch.where(pos, gt_lab.gather(1, matched), torch.full_like(matched, self.num_classes))
         matched_boxes = gt.gather(1, matched[..., None].expand(-1, -1, 4))  # (N, P, 4)
+        # The one host read of sampling, unavoidable: per-image RoI lists (and the pooled batch) need their sizes.
         counts = keep.sum(dim=1).tolist()
-        rois = list(padded[keep].split(counts))
-        return rois, cls[keep], matched_boxes[keep], pos[keep]
+        # With the total known, nonzero_static gathers the sampled rows without a second read; row-major order
+        # of (N, P) is the order boolean indexing would give (image by image).
+        idx = torch.nonzero_static(keep.flatten(), size=sum(counts)).squeeze(1)  # (R,)
+        rois = list(padded.flatten(0, 1)[idx].split(counts))
+        return rois, cls.flatten()[idx], matched_boxes.flatten(0, 1)[idx], pos.flatten()[idx]
 
     # --------------------------------------------------------------------------------------------- forward
 
@@ -171,22 +176,31 @@ class RoIHeads(nn.Module):
                 raise ValueError("RoIHeads needs gt_boxes and gt_labels in training mode")
             rois, cls_t, box_t, fg = self.sample(proposals, gt_boxes, gt_labels)
             logits, deltas = self.predict(features, rois)
-            return [], self.losses(logits, deltas, torch.cat(rois), cls_t, box_t, fg)
+            return [], self.losses(logits, deltas, torch.cat(rois), cls_t, box_t, fg, roi_weights(rois))
         logits, deltas = self.predict(features, proposals)
         return self.postprocess(logits, deltas, proposals, image_sizes), {}
 
     def losses(
-        self, logits: Tensor, deltas: Tensor, rois: Tensor, cls_t: Tensor, box_t: Tensor, fg: Tensor
+        self, logits: Tensor, deltas: Tensor, rois: Tensor, cls_t: Tensor, box_t: Tensor, fg: Tensor,
+        weights: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """CE averaged over sampled RoIs; class-specific box loss over foreground RoIs divided by all sampled
-        RoIs (Fast R-CNN / Detectron normalization: background RoIs count in the denominator)."""
+        """CE over sampled RoIs; class-specific box loss over foreground RoIs, background RoIs counting in the
+        denominator (Fast R-CNN / Detectron normalization).
+
+        ``weights`` (R,): each RoI's share of the mean, ``1 / (N * R_i)`` for a RoI of image i with R_i sampled
+        RoIs (see :func:`roi_weights`): a mean per image, then over the N images. It equals the plain mean over
+        all R RoIs whenever every image fills its sample (the usual case), and makes the loss of a batch exactly
+        the image-weighted mean of its micro-batches' losses, so gradient accumulation reproduces the big batch.
+        None: the plain mean ``1 / R``.
+        """
         logits = logits.float()
-        r = max(logits.shape[0], 1)
-        loss_cls = F.cross_entropy(logits, cls_t, reduction="sum") / r
+        if weights is None:
+            weights = logits.new_full((logits.shape[0],), 1.0 / max(logits.shape[0], 1))
+        loss_cls = (F.cross_entropy(logits, cls_t, reduction="none") * weights).sum()
         fg_idx = fg.nonzero().squeeze(1)
         d = deltas.float().view(-1, self.num_classes, 4)[fg_idx, cls_t[fg_idx]]  # (F, 4)
         target = self.box_coder.encode(rois[fg_idx], box_t[fg_idx])
-        loss_box = _smooth_l1(d, target, self.smooth_l1_beta).sum() / r
+        loss_box = (_smooth_l1(d, target, self.smooth_l1_beta).sum(dim=1) * weights[fg_idx]).sum()
         with torch.no_grad():
             acc = (logits.argmax(1) == cls_t).float().mean() if logits.numel() else logits.new_zeros(())
         return {
@@ -260,6 +274,13 @@ class Candidates(NamedTuple):
     image_index: Tensor  # (C,) int64
 
 
+def roi_weights(rois: list[Tensor]) -> Tensor:
+    """(R,) loss weight of every sampled RoI of the per-image lists ``rois``: ``1 / (N * R_i)`` (see
+    :meth:`RoIHeads.losses`); an image without RoIs contributes nothing."""
+    n = max(len(rois), 1)
+    # Built from the known list lengths: no device tensor is read back (no host sync).
+    return torch.cat([r.new_full((len(r),), 1.0 / (len(r) * n)) for r in rois]) if rois else torch.zeros(0)
+
 def select_detections(
     boxes: Tensor,
     probs: Tensor,
@@ -285,11 +306,13 @@ def select_detections(
     if image_index is None and num_images != 1:
         raise ValueError(f"image_index is needed for {num_images} images")
     k = probs.shape[1]
-    cls = torch.arange(k, device=probs.device).expand_as(probs)  # (R, K)
     keep = (probs > score_thresh) & nonempty(boxes, MIN_DETECTION_SIZE)  # (R, K)
-    b, s, c = boxes[keep], probs[keep], cls[keep]  # flat (C, ...)
+    # One nonzero (a host read of C, unavoidable: the candidates' number depends on the scores) and integer
+    # gathers, rather than one boolean index (each its own nonzero) per gathered tensor. Same rows, same order.
+    idx = keep.flatten().nonzero().squeeze(1)  # (C,) into the row-major (R, K)
+    b, s, c = boxes.reshape(-1, 4)[idx], probs.reshape(-1)[idx], idx % k  # flat (C, ...); class = column
     # zeros_like (not zeros(C)) keeps C a dynamic size in a traced graph.
-    im = torch.zeros_like(c) if image_index is None else image_index[:, None].expand_as(probs)[keep]
+    im = torch.zeros_like(c) if image_index is None else image_index[idx // k]
     kept = batched_nms(b, s, im * k + c, nms_thresh)  # descending score
     kept = topk_per_image(kept, im[kept], num_images, detections_per_image)
     return Candidates(b, s, c, im), kept

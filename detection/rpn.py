@@ -11,13 +11,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 from .anchors import AnchorConvention, AnchorGenerator
 from .box_coder import BoxCoder
 from .boxes import batched_pairwise_iou, clip_boxes, nonempty, pad_boxes, split_by_image, topk_per_image
 from .matcher import POSITIVE, Matcher
 from .sampler import sample_balanced
+
+# Where invalid (too small) proposal candidates are moved before NMS: a 1 x 1 px box this far above-left of the
+# image. Every real box is clipped into the image, so its IoU with the sentinel is 0 (see RPN.propose).
+SENTINEL_CORNER = -1.0e4
 
 
 class RPNHead(nn.Module):
@@ -122,10 +126,53 @@ class RPN(nn.Module):
     def propose(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """:meth:`propose_flat` split per image: proposals (per image ``(Ri, 4)``) and their logits (``(Ri,)``)."""
-        boxes, scores, image_index = self.propose_flat(anchors, logits, deltas, image_sizes)
-        proposals, proposal_scores = split_by_image(image_index, logits.shape[0], boxes, scores)
+        """:meth:`propose_flat` split per image, computed per image so that the host reads nothing but each
+        image's NMS output size (the one data-dependent shape a proposal list has).
+
+        Args / candidates: as :meth:`propose_flat`. Returns proposals (per image ``(Ri, 4)`` XYXY input pixels)
+        and their logits (per image ``(Ri,)`` float32), by descending logit: the same boxes in the same order as
+        :meth:`propose_flat` (NMS of each image is independent of the others).
+        """
+        boxes, scores, valid = self._top_candidates(anchors, logits, deltas, image_sizes)  # (N, k, 4), (N, k) x2
+        n = boxes.shape[0]
+        post = self.post_nms_topk[0 if self.training else 1]
+        if self.nms_thresh >= 1.0:
+            # NMS suppresses nothing, so the sentinels below would all survive: filter on the host instead.
+            flat = self.propose_flat(anchors, logits, deltas, image_sizes)
+            proposals, proposal_scores = split_by_image(flat[2], n, flat[0], flat[1])
+            return proposals, proposal_scores
+        # Dropping invalid boxes by a boolean mask would read their number back to the host. Instead they become
+        # copies of one sentinel box scored -inf, and one more sentinel is appended per image: the copies have
+        # IoU 1 with each other, so NMS keeps exactly one of them, and it comes last (lowest score); it cannot
+        # suppress a real box (those rank higher, and have IoU 0 with it). Dropping NMS's last index removes
+        # them all, whatever their number.
+        sentinel = boxes.new_full((n, 1, 4), SENTINEL_CORNER)
+        sentinel[..., 2:] += 1.0  # (N, 1, 4): a 1 x 1 px box, positive area so that copies overlap with IoU 1
+        cand = torch.cat([torch.where(valid[..., None], boxes, sentinel), sentinel], dim=1)  # (N, k+1, 4)
+        masked = torch.cat([scores.masked_fill(~valid, float("-inf")), scores.new_full((n, 1), float("-inf"))], 1)
+        proposals, proposal_scores = [], []
+        for i in range(n):
+            # nms returns indices by descending score: a host sync per image (its output size), unavoidable.
+            kept = nms(cand[i], masked[i], self.nms_thresh)[:-1][:post]  # (Ri,), all < k (real boxes)
+            proposals.append(boxes[i, kept])
+            proposal_scores.append(scores[i, kept])
         return proposals, proposal_scores
+
+    @torch.no_grad()
+    def _top_candidates(
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-k anchors per image by objectness, decoded and clipped: boxes ``(N, k, 4)`` XYXY input pixels,
+        their logits ``(N, k)`` float32 by descending value, and ``(N, k)`` bool: both sides >= the minimum."""
+        n, m = logits.shape
+        mode = 0 if self.training else 1
+        k = min(self.pre_nms_topk[mode], m)
+        top_logits, top_idx = logits.float().topk(k, dim=1)  # (N, k)
+        top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))  # (N, k, 4)
+        boxes = self.box_coder.decode(top_deltas, anchors[top_idx])  # (N, k, 4)
+        sizes = image_sizes.to(boxes)
+        boxes = clip_boxes(boxes, sizes[:, 0, None], sizes[:, 1, None])
+        return boxes, top_logits, nonempty(boxes, self.min_box_size)
 
     @torch.no_grad()
     def propose_flat(
@@ -139,21 +186,15 @@ class RPN(nn.Module):
         Returns:
             proposals ``(P, 4)`` XYXY input pixels, their logits ``(P,)`` float32 and image index ``(P,)``, grouped
             by image and by descending logit within an image. Nothing is read back to Python (no ``.tolist()``), so
-            for N = 1 the steps trace into an ONNX graph.
+            for N = 1 the steps trace into an ONNX graph (the export path; the model's forward uses
+            :meth:`propose`, which reads less back to the host on a GPU).
         """
-        n, m = logits.shape
-        mode = 0 if self.training else 1
-        k = min(self.pre_nms_topk[mode], m)
-        top_logits, top_idx = logits.float().topk(k, dim=1)  # (N, k)
-        top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))  # (N, k, 4)
-        boxes = self.box_coder.decode(top_deltas, anchors[top_idx])  # (N, k, 4)
-        sizes = image_sizes.to(boxes)
-        boxes = clip_boxes(boxes, sizes[:, 0, None], sizes[:, 1, None])
-        keep = nonempty(boxes, self.min_box_size)  # (N, k)
+        boxes, top_logits, keep = self._top_candidates(anchors, logits, deltas, image_sizes)  # (N, k, ...)
+        n, k = keep.shape
         img = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
         boxes, scores, img = boxes[keep], top_logits[keep], img[keep]  # flat (P', ...)
         kept = batched_nms(boxes, scores, img, self.nms_thresh)  # indices by descending score
-        kept = topk_per_image(kept, img[kept], n, self.post_nms_topk[mode])
+        kept = topk_per_image(kept, img[kept], n, self.post_nms_topk[0 if self.training else 1])
         return boxes[kept], scores[kept], img[kept]
 
     def losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, gt_boxes: list[Tensor]) -> dict[str, Tensor]:
@@ -169,11 +210,15 @@ class RPN(nn.Module):
             matched_gt = gt.gather(1, matched[..., None].expand(-1, -1, 4))  # (N, M, 4)
         sampled = pos | neg
         norm = float(n * self.batch_size_per_image)
-        obj_loss = F.binary_cross_entropy_with_logits(
-            logits.float()[sampled], pos[sampled].float(), reduction="sum"
-        ) / norm
-        target = self.box_coder.encode(anchors[None].expand(n, -1, -1)[pos], matched_gt[pos])
-        box_loss = _smooth_l1(deltas.float()[pos], target, self.smooth_l1_beta).sum() / norm
+        # Masked sums over all N x M anchors instead of boolean indexing: no data-dependent shapes, so nothing
+        # is read back to the host (forward or backward). Same terms, summed in another order.
+        bce = F.binary_cross_entropy_with_logits(logits.float(), pos.float(), reduction="none")  # (N, M)
+        obj_loss = torch.where(sampled, bce, 0.0).sum() / norm
+        ref = anchors[None].expand(n, -1, -1)  # (N, M, 4)
+        # Non-positives are encoded against themselves (target 0): padding gt boxes have zero area (log 0).
+        target = self.box_coder.encode(ref, torch.where(pos[..., None], matched_gt, ref))
+        box_l1 = _smooth_l1(deltas.float(), target, self.smooth_l1_beta)  # (N, M, 4)
+        box_loss = torch.where(pos[..., None], box_l1, 0.0).sum() / norm
         return {
             "loss_rpn_cls": obj_loss * self.loss_weight,
             "loss_rpn_box": box_loss * self.loss_weight,

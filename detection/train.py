@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -33,9 +33,11 @@ from .checkpoint import (
     BEST_WEIGHTS_NAME,
     FINAL_WEIGHTS_NAME,
     adopt_architecture,
+    dataset_meta,
     detector_payload,
     init_from_detector,
     read_detector_file,
+    upgrade_config_dict,
 )
 from .config import DetectionConfig
 
@@ -55,20 +57,66 @@ def check_config(cfg: DetectionConfig) -> DetectionConfig:
     return cfg
 
 
-def per_process_batch(cfg: DetectionConfig, num_processes: int) -> int:
-    """Images per process per micro-batch: ``ims_per_batch / (processes x grad_accum_steps)``, exactly."""
-    total = cfg.solver.ims_per_batch
-    div = num_processes * cfg.solver.grad_accum_steps
-    if total % div:
-        raise ConfigError(
-            f"solver.ims_per_batch={total} must be divisible by processes ({num_processes}) x "
-            f"solver.grad_accum_steps ({cfg.solver.grad_accum_steps})"
-        )
-    return total // div
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's ``ims_per_batch`` images are split: ``processes x accumulation x micro``."""
+
+    ims_per_batch: int
+    processes: int
+    per_process: int  # images of one process per step (its slice of the global batch)
+    micro: int  # images per forward / backward pass
+    accumulation: int  # passes per step
+
+    def describe(self) -> str:
+        return (f"{self.ims_per_batch} images per step = {self.processes} process(es) x {self.accumulation} "
+                f"accumulated pass(es) x {self.micro} image(s) per pass")
+
+
+def batch_plan(cfg: DetectionConfig, num_processes: int) -> BatchPlan:
+    """The split of ``solver.ims_per_batch`` over processes and micro-batches of ``solver.ims_per_device``; an
+    error saying what to change when the numbers do not divide."""
+    s = cfg.solver
+    if s.ims_per_batch < 1 or s.ims_per_device < 1:
+        raise ConfigError(f"solver.ims_per_batch ({s.ims_per_batch}) and solver.ims_per_device "
+                          f"({s.ims_per_device}) must be positive")
+    if s.ims_per_batch % num_processes:
+        raise ConfigError(f"solver.ims_per_batch={s.ims_per_batch} is not divisible by the {num_processes} "
+                          f"processes; use a multiple of {num_processes} (the lr follows with "
+                          "solver.reference_ims_per_batch)")
+    per_process = s.ims_per_batch // num_processes
+    micro = min(s.ims_per_device, per_process)
+    if per_process % micro:
+        fits = [d for d in range(micro, 0, -1) if per_process % d == 0][0]
+        raise ConfigError(f"solver.ims_per_device={s.ims_per_device} does not divide the {per_process} images "
+                          f"each of the {num_processes} process(es) gets per step (solver.ims_per_batch="
+                          f"{s.ims_per_batch}); use solver.ims_per_device={fits}, or an ims_per_batch that is a "
+                          f"multiple of {num_processes * micro}")
+    return BatchPlan(s.ims_per_batch, num_processes, per_process, micro, per_process // micro)
+
+
+def resolve_epoch_schedule(cfg: DetectionConfig, num_images: int) -> DetectionConfig:
+    """``solver.max_epochs`` > 0: max_iter and the lr steps from the training set's size (logged)."""
+    s = cfg.solver
+    if s.max_epochs <= 0:
+        if s.step_fractions:
+            raise ConfigError("solver.step_fractions needs solver.max_epochs > 0 (else use solver.steps)")
+        return cfg
+    if any(not 0 < f < 1 for f in s.step_fractions):
+        raise ConfigError(f"solver.step_fractions must lie in (0, 1), got {list(s.step_fractions)}")
+    max_iter = max(1, math.ceil(s.max_epochs * num_images / s.ims_per_batch))
+    steps = tuple(sorted({max(1, round(f * max_iter)) for f in s.step_fractions}))
+    warmup = min(s.warmup_iters, max(max_iter // 4, 1)) if s.warmup_iters else 0
+    logger.info("schedule: %g epochs of %d images at %d per step = %d iterations, lr steps at %s, warm-up %d",
+                s.max_epochs, num_images, s.ims_per_batch, max_iter, list(steps), warmup)
+    solver = replace(s, max_iter=max_iter, steps=steps, warmup_iters=warmup)
+    test = cfg.test
+    if test.eval_epochs > 0:
+        test = replace(test, eval_period=max(1, round(test.eval_epochs * num_images / s.ims_per_batch)))
+    return replace(cfg, solver=solver, test=test)
 
 
 def evaluate(
-    model: Any, cfg: DetectionConfig, *, accelerator: Any = None, dataset_name: str | None = None,
+    model: Any, cfg: DetectionConfig, *, accelerator: Any = None, dataset_name: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` on ``dataset_name`` (default ``cfg.data.test``) with the dataset's metric (or
@@ -76,7 +124,7 @@ def evaluate(
     from .data import build_test_dataset
     from .evaluation import evaluate_detector
 
-    dataset = build_test_dataset(cfg.data, dataset_name)
+    dataset = build_test_dataset(cfg.data, dataset_name, classes=getattr(model, "class_names", None))
     return evaluate_detector(model, dataset, metric=cfg.test.metric, batch_size=cfg.test.ims_per_batch,
                              num_workers=cfg.data.num_workers, accelerator=accelerator, progress=progress)
 
@@ -101,7 +149,7 @@ class Trainer(TrainerBase):
         progress: bool = True,
         stop_after: int | None = None,
     ) -> None:
-        from .data import build_train_dataset
+        from .data import build_test_dataset, build_train_dataset
         from .faster_rcnn import FROM_CONFIG, build_faster_rcnn, read_backbone_weights, resolve_model_config
 
         cfg = check_config(cfg)
@@ -109,8 +157,13 @@ class Trainer(TrainerBase):
                          keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after,
                          resume=resume, overwrite=overwrite)
         with self.released_on_error():
-            self.per_process = per_process_batch(cfg, self.accelerator.num_processes)
+            self.plan = batch_plan(cfg, self.accelerator.num_processes)
             self.dataset = build_train_dataset(cfg.data)
+            cfg = resolve_epoch_schedule(cfg, len(self.dataset))
+            logger.info("batch: %s", self.plan.describe())
+            if self.plan.accumulation > 1 and cfg.model.backbone.norm == "bn":
+                logger.warning("trainable BN with %d accumulated passes: its statistics come from %d image(s) per "
+                               "pass, not the whole batch", self.plan.accumulation, self.plan.micro)
             class_names = tuple(self.dataset.class_names)
             model_cfg = cfg.model
             if model_cfg.num_classes != len(class_names):
@@ -133,6 +186,9 @@ class Trainer(TrainerBase):
             self.cfg = cfg = replace(cfg, model=model_cfg)
             self.class_names = class_names
             model = build_faster_rcnn(model_cfg, class_names=class_names, weights=load)
+            # The test set is read now too: its problems show before training, and its ids go into the files.
+            test_set = build_test_dataset(cfg.data, classes=class_names)
+            model.dataset_meta = dataset_meta(self.dataset, test_set)
             if detector is not None:
                 logger.info("%s", init_from_detector(model, init_state, init_names, what=detector).summary())
             if self.accelerator.device.type == "cuda":
@@ -154,7 +210,7 @@ class Trainer(TrainerBase):
         return {"best": dict(self.best)}
 
     def load_extra_state(self, ckpt: dict[str, Any]) -> None:
-        saved = from_dict(DetectionConfig, ckpt["config"])
+        saved = from_dict(DetectionConfig, upgrade_config_dict(ckpt["config"]))
         if to_dict(replace(saved, solver=self.cfg.solver, test=self.cfg.test)) != to_dict(self.cfg):
             logger.warning("resuming with a config that differs from the checkpoint's (model/data)")
         self.best = dict(ckpt.get("best") or {})
@@ -175,9 +231,9 @@ class Trainer(TrainerBase):
 
         cfg, acc = self.cfg, self.accelerator
         return build_train_loader(
-            self.dataset, batch_size=self.per_process, seed=cfg.seed, num_workers=cfg.data.num_workers,
+            self.dataset, batch_size=self.plan.per_process, seed=cfg.seed, num_workers=cfg.data.num_workers,
             num_replicas=acc.num_processes, rank=acc.process_index, aspect_grouping=cfg.data.aspect_grouping,
-            start_iter=self.start_iter * cfg.solver.grad_accum_steps, seeded=True,
+            start_iter=self.start_iter, seeded=True,
             pin_memory=acc.device.type == "cuda",
         )
 
@@ -233,25 +289,32 @@ class Trainer(TrainerBase):
         return result
 
     def _step(self, batches: Iterator[Any], it: int) -> dict[str, float]:
-        acc, s = self.accelerator, self.cfg.solver
+        """One optimizer step on this process's slice of global batch ``it``, in ``plan.accumulation`` passes.
+
+        The slice is loaded whole (the same images and augmentations whatever the micro-batch) and split; every
+        loss is a per-image mean (RPN and RoI head), so weighting each pass by its share of the images makes the
+        accumulated gradient the one of the whole slice, and DDP's mean over processes that of the whole batch.
+        """
+        acc, s, plan = self.accelerator, self.cfg.solver, self.plan
         totals: dict[str, float] = {}
-        for micro in range(s.grad_accum_steps):
-            images, targets = next(batches)
-            images, targets = self._to_device(images, targets)
-            last_micro = micro == s.grad_accum_steps - 1
+        all_images, all_targets = next(batches)
+        for micro, start in enumerate(range(0, plan.per_process, plan.micro)):
+            images, targets = self._to_device(all_images[start:start + plan.micro],
+                                              all_targets[start:start + plan.micro])
+            share = len(images) / plan.per_process
+            last_micro = micro == plan.accumulation - 1
             ctx = acc.no_sync(self.model) if not last_micro else nullcontext()
             with ctx:
                 out = self.model(images, targets)
                 losses = {k: v for k, v in out.items() if k.startswith("loss_")}
                 # Numbered as the checkpoints are: iteration it + 1 is the one that would be saved as it + 1.
                 check_finite(losses, it + 1)
-                loss = sum(losses.values()) / s.grad_accum_steps
-                acc.backward(loss)
+                acc.backward(sum(losses.values()) * share)
             for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v) / s.grad_accum_steps
-            # Counted from the targets (not the dataset object), so images handled in worker processes count too.
-            self.data_counts["boxes_dropped"] += sum(int(t.get("num_dropped", 0)) for t in targets)
-            self.data_counts["images_skipped"] += sum(bool(t.get("skipped", False)) for t in targets)
+                totals[k] = totals.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v) * share
+        # Counted from the targets (not the dataset object), so images handled in worker processes count too.
+        self.data_counts["boxes_dropped"] += sum(int(t.get("num_dropped", 0)) for t in all_targets)
+        self.data_counts["images_skipped"] += sum(bool(t.get("skipped", False)) for t in all_targets)
         if s.clip_grad_norm > 0:
             acc.clip_grad_norm_(self.model.parameters(), s.clip_grad_norm)
         self.optimizer.step()
@@ -295,4 +358,4 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-__all__ = ["Trainer", "check_config", "evaluate", "per_process_batch"]
+__all__ = ["BatchPlan", "Trainer", "batch_plan", "check_config", "evaluate", "resolve_epoch_schedule"]

@@ -6,6 +6,7 @@
     accelerate launch --num_processes 8 tools/eval_det.py --checkpoint model.pth --dataset coco2017-val
     python tools/eval_det.py --dataset voc07-test --results out/devkit              # comp4_det_test_<class>.txt
     python tools/eval_det.py --gt-json instances_val2014.json --results detections.json   # COCO results file
+    python tools/eval_det.py --checkpoint model.pth --report out/report --score-thresh 0.5   # + P/R, confusion
 
 The metric defaults to the dataset's (VOC2007 test: 11-point "voc07"; other VOC / synthetic: "voc"; COCO: "coco").
 """
@@ -57,6 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pr-curves", help="plot per-class precision/recall curves to this PNG (VOC metrics)")
     p.add_argument("--write-devkit", help="write devkit comp4_det_test_<class>.txt files here (VOC metrics)")
     p.add_argument("--write-coco-json", help="write a COCO results .json here (coco metric)")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write an evaluation report here (any metric): report.json, report.txt (per-class "
+                        "precision / recall / AP at --score-thresh and the confusion matrix, also printed), "
+                        "confusion_matrix.png, pr_curves.png")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="--report: detections scoring at least this are counted (default 0.5)")
+    p.add_argument("--report-iou", type=float, default=0.5,
+                   help="--report: IoU a detection must exceed to match a box (default 0.5)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=2, help="data loading processes")
     p.add_argument("--min-size", type=int, default=None,
@@ -70,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--gt-json scores a COCO results .json given with --results")
     if args.results and not args.dataset and not args.gt_json:
         p.error("--results needs --dataset (or --gt-json for a COCO results .json)")
+    if not 0.0 < args.report_iou < 1.0:
+        p.error(f"--report-iou must be in (0, 1), got {args.report_iou}")
+    if not math.isfinite(args.score_thresh):
+        p.error(f"--score-thresh must be a finite number, got {args.score_thresh}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
@@ -131,6 +144,21 @@ def _run_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     return metrics, evaluator if accelerator.is_main_process else None
 
 
+def _write_report(args: argparse.Namespace, evaluator: Any) -> None:
+    """--report: the per-class P/R table, confusion matrix and PR curves of the detections just scored (a model
+    run, devkit files or a COCO results file), written to args.report and the table printed."""
+    from detection.evaluation import coco_files_evaluator, report_from_evaluator, write_report
+
+    dataset = None
+    if evaluator is None:  # --gt-json: a COCO results file scored without a dataset
+        dataset, evaluator = coco_files_evaluator(args.gt_json, args.results)
+    report = report_from_evaluator(evaluator, dataset=dataset, iou_thresh=args.report_iou,
+                                   score_thresh=args.score_thresh)
+    write_report(report, args.report)
+    print(report.format_table())
+    logger.info("wrote report.json, report.txt, confusion_matrix.png, pr_curves.png to %s", args.report)
+
+
 def _json_safe(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
@@ -155,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             from detection.visualize import save_pr_curves
 
             logger.info("wrote %s", save_pr_curves(evaluator.pr_curves(), args.pr_curves))
+        if args.report:
+            _write_report(args, evaluator)
     except InputError as e:
         # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
         print(f"eval_det: error: {e}", file=sys.stderr)

@@ -7,6 +7,8 @@
     python tools/train_det.py --output-dir output/x --resume     # continue a killed run exactly
     python tools/train_det.py --eval-only --checkpoint output/x/model_final.pth
     python tools/train_det.py --config my.yaml --init-from r50_c4_coco.pth   # fine-tune a trained detector
+    python tools/train_det.py --dataset coco:train.json:images/ --test-dataset coco:val.json:images/ \
+        --init-from r50_c4_coco.pth                                # your own data (configs/det/finetune_c4.yaml)
 
 Free ``key=value`` arguments override any config field (``solver.base_lr=0.01 model.rpn.nms_thresh=0.6``);
 unknown keys are rejected with their name. The resolved config goes to ``<output-dir>/config.yaml`` and into
@@ -29,11 +31,13 @@ if str(REPO) not in sys.path:
 
 from detection.backbone import RESNET_NAMES  # noqa: E402
 from detection.config import (  # noqa: E402
+    DEFAULT_CONFIGS,
     DEFAULT_TEST_SETS,
     DetectionConfig,
     default_config_name,
     load_detection_config,
 )
+from detection.data.catalog import canonical_spec, default_test_spec, read_class_list  # noqa: E402
 from resbackbone.engine.checkpoint import CheckpointManager  # noqa: E402
 from resbackbone.engine.progress import NonFiniteLossError  # noqa: E402
 from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule  # noqa: E402
@@ -45,8 +49,12 @@ CONFIG_DIR = REPO / "configs" / "det"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: the paper's setting for --dataset, see configs/det)")
-    p.add_argument("--dataset", help="training set name, e.g. voc07+12, coco2017-train (default: synthetic-train)")
-    p.add_argument("--test-dataset", help="evaluation set name (default: from the config)")
+    p.add_argument("--dataset", help="training set: a name (voc07+12, coco2017-train; default synthetic-train) or "
+                                     "your own: coco:ANN.json:IMAGE_DIR, voc:FOLDER[:SPLIT], yolo:DATA.yaml[:SPLIT]")
+    p.add_argument("--test-dataset", help="evaluation set, same forms (default: from the config; a YOLO set's "
+                                          "val split)")
+    p.add_argument("--classes", help="class list for VOC-style folders: a file (one name per line) or a,b,c "
+                                     "(default: the names in the training XML, sorted)")
     p.add_argument("--backbone", help="resnet18..resnet152 (ours), or any other timm model name (also as timm:<name>)")
     p.add_argument("--backbone-weights", help="none | torchvision | timm | msra | PATH to a weights file")
     p.add_argument("--init-from", metavar="DETECTOR",
@@ -76,10 +84,16 @@ def resolve_config(args: argparse.Namespace) -> DetectionConfig:
         data = replace(data, train=args.dataset)
         if not args.test_dataset and args.dataset in DEFAULT_TEST_SETS:
             data = replace(data, test=DEFAULT_TEST_SETS[args.dataset])
+        elif not args.test_dataset and args.dataset not in DEFAULT_CONFIGS:
+            data = replace(data, test=default_test_spec(args.dataset))
     if args.test_dataset:
         data = replace(data, test=args.test_dataset)
+    if args.classes:
+        data = replace(data, classes=read_class_list(args.classes))
     if args.data_root:
         data = replace(data, root=args.data_root)
+    # Absolute paths in the resolved config: a resume or an evaluation from another directory finds the data.
+    data = replace(data, train=canonical_spec(data.train, "data.train"), test=canonical_spec(data.test, "data.test"))
     bb = cfg.model.backbone
     if args.backbone:
         name = args.backbone

@@ -28,7 +28,7 @@ from .transforms import DetectionTransform, decode_image
 
 logger = logging.getLogger("detection.data")
 
-Family = Literal["voc", "coco", "synthetic"]
+Family = Literal["voc", "coco", "synthetic", "yolo", "custom"]
 Metric = Literal["voc07", "voc", "coco"]
 
 
@@ -43,6 +43,9 @@ class Record:
     boxes: np.ndarray  # (N, 4) float32 XYXY
     labels: np.ndarray  # (N,) int64 in [0, K)
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (N,) bool
+    # (N,) bool: COCO crowd regions; never training targets, and in VOC-style scoring ignored like difficult
+    # boxes (a detection on them is neither right nor wrong), as pycocotools ignores matches to them.
+    crowd: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def check_size(record: Record, height: int, width: int) -> None:
@@ -116,9 +119,14 @@ class DetectionDataset(Dataset):
         )
 
     def _train_mask(self, r: Record) -> np.ndarray:
-        if not self.train or self.use_difficult or len(r.difficult) == 0:
-            return np.ones(len(r.boxes), dtype=bool)
-        return ~r.difficult
+        """(N,) the boxes given as targets: never crowd regions; difficult ones only in evaluation or with
+        ``use_difficult``."""
+        keep = np.ones(len(r.boxes), dtype=bool)
+        if len(r.crowd) == len(r.boxes):
+            keep &= ~r.crowd
+        if self.train and not self.use_difficult and len(r.difficult) == len(r.boxes):
+            keep &= ~r.difficult
+        return keep
 
     def __len__(self) -> int:
         return len(self.records)
@@ -135,6 +143,8 @@ class DetectionDataset(Dataset):
         """All ground truth of an image (difficult included) in ORIGINAL pixels, for evaluation."""
         r = self.records[index]
         difficult = r.difficult if len(r.difficult) == len(r.boxes) else np.zeros(len(r.boxes), dtype=bool)
+        if len(r.crowd) == len(r.boxes):
+            difficult = difficult | r.crowd
         return {"image_id": r.image_id, "boxes": r.boxes.astype(np.float32), "labels": r.labels.astype(np.int64),
                 "difficult": difficult.astype(bool), "height": r.height, "width": r.width}
 

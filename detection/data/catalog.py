@@ -7,16 +7,21 @@ for every layout). Official layouts are used unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from resbackbone.engine.paths import data_root
-from resbackbone.errors import DataError
+from resbackbone.errors import ConfigError, DataError
 
 from ..config import DataConfig
-from .base import DetectionDataset
-from .coco import load_coco_records
+from .base import DetectionDataset, Record
+from .coco import load_coco, load_coco_records
+from .custom import Problems, collect_voc_classes, collecting, load_voc_folder, load_yolo, voc_folder_ids
 from .synthetic import GENERATOR_VERSION, MARKER, SYNTHETIC_CLASSES, generate_synthetic
 from .voc import VOC_CLASSES, load_voc_records
 
@@ -44,6 +49,7 @@ COCO_SETS: dict[str, tuple[str, str]] = {
 }
 SYNTHETIC_SETS = ("synthetic-train", "synthetic-test")
 DATASET_NAMES: tuple[str, ...] = (*VOC_SETS, *COCO_SETS, *SYNTHETIC_SETS)
+logger = logging.getLogger("detection.data")
 
 
 def get_data_root(root: str | Path | None = None) -> Path:
@@ -68,8 +74,154 @@ def ensure_synthetic(root: Path) -> Path:
     return generate_synthetic(root, **params)
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """One dataset description: a catalog ``name``, or a user's COCO JSON + images, VOC-style folder or YOLO
+    ``data.yaml`` (see :func:`parse_dataset_spec`)."""
+
+    format: Literal["name", "coco", "voc", "yolo"]
+    path: str  # the name, the COCO JSON, the VOC-style root, or the YOLO data.yaml
+    image_dir: str = ""  # COCO: the folder file_name is relative to
+    split: str | None = None  # VOC-style: ImageSets/Main/<split>.txt (None: every XML); YOLO: train / val / test
+    classes: tuple[str, ...] = ()  # VOC-style: the class list (empty: collected from the XML)
+
+    def as_config(self) -> str | dict[str, Any]:
+        """The description with absolute paths, as config.yaml records it."""
+        if self.format == "name":
+            return self.path
+        if self.format == "coco":
+            return f"coco:{Path(self.path).resolve()}:{Path(self.image_dir).resolve()}"
+        text = f"{self.format}:{Path(self.path).resolve()}" + (f":{self.split}" if self.split else "")
+        return {"format": "voc", "root": str(Path(self.path).resolve()), "split": self.split,
+                "classes": list(self.classes)} if self.classes else text
+
+
+SPEC_HELP = ("a dataset name, coco:ANNOTATIONS.json:IMAGE_DIR, voc:FOLDER[:SPLIT], yolo:DATA.yaml[:SPLIT], a "
+             "VOC-style folder, a YOLO data.yaml, or a YAML mapping {format, ...}")
+
+
+def parse_dataset_spec(spec: Any, key: str = "dataset") -> list[DatasetSource]:
+    """The sources of a dataset description; several (a list) are concatenated.
+
+    Strings: a catalog name (:data:`DATASET_NAMES`), ``coco:ANN.json:IMAGE_DIR``, ``voc:ROOT[:SPLIT]``,
+    ``yolo:DATA.yaml[:SPLIT]``, or a bare path (a folder with ``Annotations/`` is VOC-style, a ``.yaml`` file is
+    YOLO). Mappings: ``{format: coco, ann_file, image_dir}``, ``{format: voc, root, split, classes}``,
+    ``{format: yolo, data, split}``. Relative paths are relative to the current directory.
+    """
+    if isinstance(spec, list | tuple):
+        if not spec:
+            raise ConfigError(f"{key}: an empty list of datasets")
+        return [s for i, item in enumerate(spec) for s in parse_dataset_spec(item, f"{key}[{i}]")]
+    if isinstance(spec, Mapping):
+        return [_source_from_mapping(spec, key)]
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"{key}: expected {SPEC_HELP}; got {spec!r}")
+    spec = spec.strip()
+    if spec in DATASET_NAMES:
+        return [DatasetSource("name", spec)]
+    kind, _, rest = spec.partition(":")
+    if kind == "coco" and rest:
+        ann, sep, images = rest.rpartition(":")
+        if not sep or not ann or not images:
+            raise ConfigError(f"{key}: {spec!r}: expected coco:ANNOTATIONS.json:IMAGE_DIR")
+        return [DatasetSource("coco", ann, image_dir=images)]
+    if kind in ("voc", "yolo") and rest:
+        path, split = rest, None
+        head, sep, tail = rest.rpartition(":")
+        if sep and head and "/" not in tail and not Path(rest).exists():
+            path, split = head, tail
+        return [DatasetSource(kind, path, split=split)]  # type: ignore[arg-type]
+    path = Path(spec)
+    if path.is_dir() and (path / "Annotations").is_dir():
+        return [DatasetSource("voc", spec)]
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return [DatasetSource("yolo", spec)]
+    raise ConfigError(f"{key}: unknown dataset {spec!r}: expected {SPEC_HELP} (valid names: "
+                      f"{', '.join(DATASET_NAMES)})")
+
+
+def _source_from_mapping(spec: Mapping[str, Any], key: str) -> DatasetSource:
+    fields = {"coco": ("ann_file", "image_dir"), "voc": ("root",), "yolo": ("data",)}
+    optional = {"coco": (), "voc": ("split", "classes"), "yolo": ("split",)}
+    fmt = spec.get("format")
+    if fmt not in fields:
+        raise ConfigError(f"{key}.format: expected one of {sorted(fields)}, got {fmt!r}")
+    allowed = {"format", "name", *fields[fmt], *optional[fmt]}
+    if unknown := sorted(set(spec) - allowed):
+        raise ConfigError(f"{key}: unknown key(s) {unknown} for format {fmt} (valid: {sorted(allowed)})")
+    if missing := [f for f in fields[fmt] if not spec.get(f)]:
+        raise ConfigError(f"{key}: format {fmt} needs {missing}")
+    split = spec.get("split")
+    if fmt == "coco":
+        return DatasetSource("coco", str(spec["ann_file"]), image_dir=str(spec["image_dir"]))
+    if fmt == "yolo":
+        return DatasetSource("yolo", str(spec["data"]), split=str(split) if split else None)
+    classes = spec.get("classes") or ()
+    if isinstance(classes, str):
+        classes = read_class_list(classes)
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(f"{key}.classes: expected a list of class names or a file of them, got {classes!r}")
+    return DatasetSource("voc", str(spec["root"]), split=str(split) if split else None, classes=tuple(classes))
+
+
+def read_class_list(value: str) -> tuple[str, ...]:
+    """Class names from a file (one per line, ``#`` comments) or a comma-separated list."""
+    path = Path(value)
+    if path.is_file():
+        lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+        names = tuple(ln for ln in lines if ln)
+    elif "," in value or not path.suffix:
+        names = tuple(n.strip() for n in value.split(",") if n.strip())
+    else:
+        raise ConfigError(f"class list file not found: {path}")
+    if not names:
+        raise ConfigError(f"class list {value!r} is empty")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"class list {value!r} names a class twice")
+    return names
+
+
+def describe_spec(spec: Any) -> str:
+    """A short name for logs and metrics: the catalog name, or the description's paths."""
+    return " + ".join(s.path if s.format == "name" else f"{s.format}:{s.path}" for s in parse_dataset_spec(spec))
+
+
+def canonical_spec(spec: Any, key: str = "dataset") -> Any:
+    """``spec`` with absolute paths (what config.yaml records, so a resume from elsewhere finds the data)."""
+    sources = parse_dataset_spec(spec, key)
+    out = [s.as_config() for s in sources]
+    return out[0] if len(out) == 1 else out
+
+
+def default_test_spec(train_spec: Any) -> Any:
+    """The evaluation set that goes with a user's training set: a YOLO set's ``val`` split, a VOC-style folder's
+    ``val`` or ``test`` split list; otherwise a ConfigError asking for ``--test-dataset``."""
+    sources = parse_dataset_spec(train_spec, "--dataset")
+    if len(sources) == 1:
+        s = sources[0]
+        if s.format == "yolo":
+            return {"format": "yolo", "data": s.path, "split": "val"}
+        if s.format == "voc":
+            for split in ("val", "test"):
+                if split != s.split and (Path(s.path) / "ImageSets" / "Main" / f"{split}.txt").is_file():
+                    return {"format": "voc", "root": s.path, "split": split, "classes": list(s.classes)}
+    raise ConfigError(f"no evaluation set goes with --dataset {train_spec!r} by itself; pass --test-dataset "
+                      f"(e.g. coco:val.json:images/ or voc:FOLDER:val)")
+
+
+@dataclass
+class _Part:
+    records: list[Record]
+    class_names: list[str]
+    family: str
+    metric: str
+    skipped: int = 0
+    coco: Any = None
+    category_ids: dict[int, int] | None = None
+
+
 def build_dataset(
-    name: str,
+    spec: Any,
     root: str | Path | None = None,
     *,
     train: bool,
@@ -80,13 +232,114 @@ def build_dataset(
     use_difficult: bool = False,
     filter_empty: bool | None = None,
     skip_bad: bool = False,
+    classes: Sequence[str] | None = None,
+    problems: Problems | None = None,
 ) -> DetectionDataset:
-    """A dataset by the name a user types (see :data:`DATASET_NAMES` and datasets/README.md)."""
+    """A dataset from a description (see :func:`parse_dataset_spec` and datasets/README.md); a list concatenates.
+
+    ``classes``: the class list (its order is the label order): required to match a model when evaluating
+    one; VOC-style folders take it as theirs (none: collected from their XML, sorted), other sources must have
+    exactly these names. Concatenated sources are merged by class name. ``problems``: where loading problems
+    go (default: the first raises, or each is skipped and counted under ``skip_bad``).
+    """
     data_root = get_data_root(root)
+    sources = parse_dataset_spec(spec)
+    caller_problems = problems is not None
+    problems = problems if problems is not None else collecting()
+    parts = [_load_part(s, data_root, train=train, classes=classes, skip_bad=skip_bad, problems=problems)
+             for s in sources]
+    if problems.items and not skip_bad and not caller_problems:
+        # Every problem of the set at once (not only the first), before any time is spent on it.
+        counts = ", ".join(f"{n} {kind}" for kind, n in problems.counts().most_common())
+        raise DataError(f"{describe_spec(spec)}: {len(problems.items)} problem(s) ({counts}); first: "
+                        f"{problems.items[0][1]} (tools/check_dataset.py lists them all; data.skip_bad=true "
+                        "skips them)")
+    if problems.items and skip_bad:
+        for _, message in problems.items[:20]:
+            logger.warning("skipping: %s", message)
+        logger.warning("%d bad annotation(s) / image(s) skipped (data.skip_bad)", len(problems.items))
     kwargs: dict[str, Any] = dict(
-        name=name, train=train, min_size=min_size, max_size=max_size, flip_prob=flip_prob,
+        name=describe_spec(spec), train=train, min_size=min_size, max_size=max_size, flip_prob=flip_prob,
         photometric=photometric, use_difficult=use_difficult, filter_empty=filter_empty, skip_bad=skip_bad,
     )
+    names = list(classes) if classes else _merged_classes(parts)
+    for part, source in zip(parts, sources):
+        if classes and source.format != "voc" and set(part.class_names) != set(names):
+            # Scoring a model: a set with other classes would give meaningless APs (VOC-style folders take the
+            # model's list as theirs; their XML must only use those names).
+            raise DataError(f"dataset {source.path} has classes {part.class_names[:6]}"
+                            f"{'...' if len(part.class_names) > 6 else ''}, not the {len(names)} expected "
+                            f"{names[:6]}{'...' if len(names) > 6 else ''}")
+        _relabel(part, names, source)
+    if len(parts) == 1:
+        p = parts[0]
+        return DetectionDataset(p.records, names, family=p.family, default_metric=p.metric,  # type: ignore[arg-type]
+                                num_skipped=p.skipped + len(problems.items), coco=p.coco,
+                                contiguous_to_category_id=p.category_ids, **kwargs)
+    # Concatenated: one record list; the COCO metric needs one COCO file, so VOC-style scoring (area under the
+    # curve); category ids from the first source that has the class.
+    ids: dict[int, int] = {}
+    for label, name in enumerate(names):
+        for p in parts:
+            if p.category_ids and name in p.class_names:
+                ids[label] = p.category_ids[p.class_names.index(name)]
+                break
+    taken = set(ids.values())
+    for label in range(len(names)):
+        if label not in ids:
+            ids[label] = next(i for i in range(1, 10**6) if i not in taken)
+            taken.add(ids[label])
+    records = [r for p in parts for r in p.records]
+    return DetectionDataset(records, names, family="custom", default_metric="voc",
+                            num_skipped=sum(p.skipped for p in parts) + len(problems.items),
+                            contiguous_to_category_id=ids, **kwargs)
+
+
+def _merged_classes(parts: list[_Part]) -> list[str]:
+    """The class list of concatenated parts: the first part's, then new names in their order of appearance."""
+    names: list[str] = []
+    for p in parts:
+        names += [n for n in p.class_names if n not in names]
+    return names
+
+
+def _relabel(part: _Part, names: list[str], source: DatasetSource) -> None:
+    """Map ``part``'s labels to the final class list ``names`` by class name (in place)."""
+    if part.class_names == names:
+        return
+    missing = [n for n in part.class_names if n not in names]
+    if missing:
+        raise DataError(f"dataset {source.path}: class(es) {missing[:6]} are not among the {len(names)} classes "
+                        f"{names[:8]}{'...' if len(names) > 8 else ''}")
+    mapping = np.asarray([names.index(n) for n in part.class_names], dtype=np.int64)
+    for r in part.records:
+        r.labels = mapping[r.labels] if len(r.labels) else r.labels
+    if part.category_ids is not None:
+        part.category_ids = {names.index(n): part.category_ids[i] for i, n in enumerate(part.class_names)}
+    part.class_names = list(names)
+
+
+def _load_part(source: DatasetSource, data_root: Path, *, train: bool, classes: Sequence[str] | None,
+               skip_bad: bool, problems: Problems) -> _Part:
+    if source.format == "name":
+        return _load_named(source.path, data_root, skip_bad=skip_bad)
+    if source.format == "coco":
+        records, names, contiguous, coco = load_coco_records(Path(source.path), Path(source.image_dir), problems)
+        return _Part(records, names, "coco", "coco", coco=coco, category_ids=contiguous)
+    if source.format == "yolo":
+        split = source.split or ("train" if train else "val")
+        records, names = load_yolo(Path(source.path), split, problems)
+        return _Part(records, names, "yolo", "voc")
+    folder = Path(source.path)
+    names = list(source.classes or classes or collect_voc_classes(folder, voc_folder_ids(folder, source.split)))
+    if not source.classes and not classes:
+        logger.info("%s: %d classes collected from its XML (sorted): %s", folder, len(names), ", ".join(names))
+    records = load_voc_folder(folder, names, source.split, problems)
+    return _Part(records, names, "voc", "voc")
+
+
+def _load_named(name: str, data_root: Path, *, skip_bad: bool) -> _Part:
+    """A catalog set (VOC years, COCO, synthetic) by name."""
     if name in VOC_SETS:
         parts = []
         for year, split in VOC_SETS[name]:
@@ -97,25 +350,19 @@ def build_dataset(
         records, skipped = load_voc_records(parts, VOC_CLASSES, skip_bad=skip_bad)
         # VOC2007 test is scored with the devkit's 11-point metric, everything else with the area under the curve.
         metric = "voc07" if VOC_SETS[name] == [("2007", "test")] else "voc"
-        return DetectionDataset(records, VOC_CLASSES, family="voc", default_metric=metric, num_skipped=skipped,
-                                **kwargs)
+        return _Part(records, list(VOC_CLASSES), "voc", metric, skipped=skipped)
     if name in COCO_SETS:
         folder, ann = COCO_SETS[name]
         coco_root = data_root / "coco"
-        return build_coco_dataset(coco_root / "annotations" / ann, coco_root / folder, **kwargs)
-    if name in SYNTHETIC_SETS:
-        split = name.split("-", 1)[1]
-        tree = ensure_synthetic(data_root)
-        records, skipped = load_voc_records([(tree, split)], SYNTHETIC_CLASSES, skip_bad=skip_bad)
-        # The same images as a COCO-format set, so the COCO metric works on the synthetic data too.
-        from .coco import load_coco
-
-        return DetectionDataset(
-            records, SYNTHETIC_CLASSES, family="synthetic", default_metric="voc", num_skipped=skipped,
-            coco=load_coco(tree / "annotations" / f"instances_{split}.json"),
-            contiguous_to_category_id={i: i + 1 for i in range(len(SYNTHETIC_CLASSES))}, **kwargs,
-        )
-    raise DataError(f"unknown dataset name {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        records, names, contiguous, coco = load_coco_records(coco_root / "annotations" / ann, coco_root / folder)
+        return _Part(records, names, "coco", "coco", coco=coco, category_ids=contiguous)
+    split = name.split("-", 1)[1]
+    tree = ensure_synthetic(data_root)
+    records, skipped = load_voc_records([(tree, split)], SYNTHETIC_CLASSES, skip_bad=skip_bad)
+    # The same images as a COCO-format set, so the COCO metric works on the synthetic data too.
+    return _Part(records, list(SYNTHETIC_CLASSES), "synthetic", "voc", skipped=skipped,
+                 coco=load_coco(tree / "annotations" / f"instances_{split}.json"),
+                 category_ids={i: i + 1 for i in range(len(SYNTHETIC_CLASSES))})
 
 
 def build_coco_dataset(
@@ -146,13 +393,17 @@ def build_train_dataset(cfg: DataConfig) -> DetectionDataset:
         use_difficult=cfg.use_difficult,
         filter_empty=cfg.filter_empty,
         skip_bad=cfg.skip_bad,
+        classes=cfg.classes or None,
     )
     if len(dataset) == 0:
-        raise DataError(f"training dataset {cfg.train!r} yields no trainable image (after filtering empty images)")
+        raise DataError(f"training dataset {dataset.name!r} yields no trainable image (after filtering empty "
+                        "images)")
     return dataset
 
 
-def build_test_dataset(cfg: DataConfig, name: str | None = None) -> DetectionDataset:
-    """The evaluation set ``name`` (default ``cfg.test``) at the test size of ``cfg``."""
-    return build_dataset(name or cfg.test, cfg.root, train=False, min_size=cfg.min_size_test,
-                         max_size=cfg.max_size_test, skip_bad=cfg.skip_bad)
+def build_test_dataset(cfg: DataConfig, spec: Any = None, classes: Sequence[str] | None = None
+                       ) -> DetectionDataset:
+    """The evaluation set ``spec`` (default ``cfg.test``) at the test size of ``cfg``; ``classes``: the model's
+    class list (VOC-style folders take it; other sets must have these classes)."""
+    return build_dataset(spec or cfg.test, cfg.root, train=False, min_size=cfg.min_size_test,
+                         max_size=cfg.max_size_test, skip_bad=cfg.skip_bad, classes=classes or cfg.classes or None)

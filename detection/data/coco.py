@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from resbackbone.errors import DataError
 
 from .base import Record
+from .custom import Problems, strict
 
 logger = logging.getLogger("detection.data")
 
@@ -37,8 +39,9 @@ COCO_CLASS_NAMES = (
 )
 
 
-def load_coco(ann_file: Path):  # noqa: ANN201 - pycocotools.coco.COCO
-    """pycocotools COCO with its prints captured and a clear error for a missing / broken file."""
+def load_coco(ann_file: Path, problems: Problems | None = None):  # noqa: ANN201 - pycocotools.coco.COCO
+    """pycocotools COCO with its prints captured and a clear error for a missing / broken file; ``problems``
+    receives what :func:`check_coco` finds (default: the first one raises)."""
     from pycocotools.coco import COCO
 
     if not ann_file.is_file():
@@ -48,40 +51,60 @@ def load_coco(ann_file: Path):  # noqa: ANN201 - pycocotools.coco.COCO
             coco = COCO(str(ann_file))
     except Exception as e:  # noqa: BLE001 - json / key errors from a malformed file
         raise DataError(f"cannot read COCO annotation file {ann_file}: {type(e).__name__}: {e}") from e
-    check_coco(coco.dataset, ann_file)
+    # Annotations the collector left out (none when problems raise): load_coco_records skips them.
+    coco.bad_ann_ids = check_coco(coco.dataset, ann_file, problems or strict())
     return coco
 
 
-def load_coco_records(ann_file: Path, image_dir: Path) -> tuple[list[Record], list[str], dict[int, int], object]:
+def used_categories(coco: Any) -> list[int]:
+    """Sorted category ids that are classes: all, except a category without annotations that is the
+    ``supercategory`` of others (Roboflow exports one, e.g. id 0 "objects", as the parent of the real classes)."""
+    cats = coco.dataset.get("categories", [])
+    parents = {c.get("supercategory") for c in cats}
+    counts = Counter(a["category_id"] for a in coco.dataset.get("annotations", []))
+    return sorted(c["id"] for c in cats if counts[c["id"]] or c["name"] not in parents)
+
+
+def load_coco_records(
+    ann_file: Path, image_dir: Path, problems: Problems | None = None
+) -> tuple[list[Record], list[str], dict[int, int], object]:
     """``(records, class_names, contiguous_to_category_id, coco)``; every image is listed (filtering of images
-    without boxes is the dataset's ``filter_empty`` option)."""
-    coco = load_coco(ann_file)
-    cat_ids = sorted(coco.getCatIds())
+    without boxes is the dataset's ``filter_empty`` option). Crowd annotations are kept as ``crowd`` boxes."""
+    coco = load_coco(ann_file, problems)
+    cat_ids = used_categories(coco)
+    dropped = sorted(set(coco.getCatIds()) - set(cat_ids))
+    if dropped:
+        logger.info("%s: categor%s %s without annotations, the parent of the others, %s not a class", ann_file,
+                    "y" if len(dropped) == 1 else "ies", [coco.cats[c]["name"] for c in dropped],
+                    "is" if len(dropped) == 1 else "are")
     class_names = [coco.loadCats(c)[0]["name"] for c in cat_ids]
     cat_to_label = {c: i for i, c in enumerate(cat_ids)}
     records = []
     tiny = 0
     for img_id in sorted(coco.getImgIds()):
         info = coco.loadImgs(img_id)[0]
-        boxes, labels = [], []
+        boxes, labels, crowd = [], [], []
         for ann in coco.imgToAnns.get(img_id, []):
-            if ann.get("iscrowd", 0):
+            if ann.get("id") in coco.bad_ann_ids or ann["category_id"] not in cat_to_label:
                 continue
             x, y, w, h = ann["bbox"]
-            if w < 1 or h < 1:
+            is_crowd = bool(ann.get("iscrowd", 0))
+            if (w < 1 or h < 1) and not is_crowd:
                 tiny += 1  # COCO has a few sub-pixel boxes; not trainable, and scored by pycocotools as it does
                 continue
             boxes.append((x, y, x + w, y + h))
             labels.append(cat_to_label[ann["category_id"]])
+            crowd.append(is_crowd)
         records.append(
             Record(
                 image_dir / info["file_name"],
                 int(img_id),
-                int(info["height"]),
-                int(info["width"]),
+                int(info.get("height") or 0),
+                int(info.get("width") or 0),
                 np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                 np.asarray(labels, dtype=np.int64),
                 np.zeros(len(boxes), dtype=bool),
+                np.asarray(crowd, dtype=bool),
             )
         )
     if tiny:
@@ -89,20 +112,22 @@ def load_coco_records(ann_file: Path, image_dir: Path) -> tuple[list[Record], li
     return records, class_names, {i: c for c, i in cat_to_label.items()}, coco
 
 
-def _first_duplicate(ids: list[Any]) -> Any:
-    """The first id that occurs a second time, or None."""
+def _duplicates(ids: list[Any]) -> list[Any]:
+    """The ids that occur more than once, in order of their second occurrence."""
     seen: set[Any] = set()
+    out = []
     for i in ids:
-        if i in seen:
-            return i
+        if i in seen and i not in out:
+            out.append(i)
         seen.add(i)
-    return None
+    return out
 
 
-def check_coco(data: dict, ann_file: Path) -> None:
-    """Refuse what pycocotools would silently get wrong: duplicate image or annotation ids (the later one wins,
+def check_coco(data: dict, ann_file: Path, problems: Problems) -> set[Any]:
+    """Report what pycocotools would silently get wrong: duplicate image or annotation ids (the later one wins,
     so an image gets another's pixels or boxes), annotations of unknown images or categories, malformed or
-    inverted boxes. One line naming the file and the first offending id."""
+    inverted boxes; each one line naming the file and the id. Returns the ids of the annotations to leave out
+    (when ``problems`` collects instead of raising)."""
 
     try:
         images, anns, cats = data.get("images", []), data.get("annotations", []), data.get("categories", [])
@@ -111,22 +136,32 @@ def check_coco(data: dict, ann_file: Path) -> None:
         ann_ids = [a["id"] for a in anns if "id" in a]
     except (KeyError, TypeError) as e:
         raise DataError(f"{ann_file}: an image / category / annotation entry without {e}") from e
-    if (d := _first_duplicate(image_ids)) is not None:
-        raise DataError(f"{ann_file}: image id {d} is used by more than one image (file names "
-                        f"{[im.get('file_name') for im in images if im['id'] == d][:3]})")
-    if (d := _first_duplicate(ann_ids)) is not None:
-        raise DataError(f"{ann_file}: annotation id {d} is used by more than one annotation")
+    for d in _duplicates(image_ids):
+        problems.add("duplicate_id", f"{ann_file}: image id {d} is used by more than one image (file names "
+                                     f"{[im.get('file_name') for im in images if im['id'] == d][:3]})")
+    for d in _duplicates(ann_ids):
+        problems.add("duplicate_id", f"{ann_file}: annotation id {d} is used by more than one annotation")
     known = set(image_ids)
+    bad: set[Any] = set()
     for a in anns:
         where = f"{ann_file}: annotation {a.get('id', '?')}"
+        message = kind = None
         if a.get("image_id") not in known:
-            raise DataError(f"{where} refers to image id {a.get('image_id')!r}, which is not in 'images'")
-        if a.get("category_id") not in cat_ids:
-            raise DataError(f"{where} has category_id {a.get('category_id')!r}, which is not in 'categories' "
-                            f"(ids {sorted(cat_ids)[:10]}{' ...' if len(cat_ids) > 10 else ''})")
-        box = a.get("bbox")
-        if (not isinstance(box, list | tuple) or len(box) != 4
-                or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)):
-            raise DataError(f"{where}: bbox must be 4 finite numbers [x, y, width, height], got {box!r}")
-        if box[2] < 0 or box[3] < 0:
-            raise DataError(f"{where}: bbox {box} has a negative width or height")
+            kind = "unknown_image"
+            message = f"{where} refers to image id {a.get('image_id')!r}, which is not in 'images'"
+        elif a.get("category_id") not in cat_ids:
+            kind, message = "unknown_class", (
+                f"{where} has category_id {a.get('category_id')!r}, which is not in 'categories' "
+                f"(ids {sorted(cat_ids)[:10]}{' ...' if len(cat_ids) > 10 else ''})")
+        else:
+            box = a.get("bbox")
+            if (not isinstance(box, list | tuple) or len(box) != 4
+                    or not all(isinstance(v, int | float) and math.isfinite(v) for v in box)):
+                kind = "bad_annotation"
+                message = f"{where}: bbox must be 4 finite numbers [x, y, width, height], got {box!r}"
+            elif box[2] < 0 or box[3] < 0:
+                kind, message = "bad_annotation", f"{where}: bbox {box} has a negative width or height"
+        if message is not None:
+            problems.add(kind, message)
+            bad.add(a.get("id"))
+    return bad

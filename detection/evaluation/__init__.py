@@ -1,4 +1,5 @@
-"""Evaluation: devkit-exact VOC AP, pycocotools COCO AP, and the shared inference loop."""
+"""Evaluation: devkit-exact VOC AP, pycocotools COCO AP, the shared inference loop, and the per-dataset report
+(per-class precision / recall / AP at a score threshold, confusion matrix, PR curves)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from resbackbone.errors import ConfigError, DataError
 
 from .coco import COCO_STAT_NAMES, COCOEvaluator, evaluate_coco, evaluate_coco_results, load_results_json
 from .inference import check_classes, evaluate_detector, run_inference, score_predictions
+from .report import (
+    DetectionReport,
+    build_report,
+    coco_files_evaluator,
+    confusion_matrix,
+    report_from_evaluator,
+    write_report,
+)
 from .voc import (
     VOCEvaluator,
     evaluate_detections,
@@ -57,10 +66,14 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 __all__ = [
     "COCOEvaluator",
     "COCO_STAT_NAMES",
+    "DetectionReport",
     "METRICS",
     "VOCEvaluator",
     "build_evaluator",
+    "build_report",
     "check_classes",
+    "coco_files_evaluator",
+    "confusion_matrix",
     "evaluate_detector",
     "evaluate_coco",
     "evaluate_coco_results",
@@ -68,8 +81,10 @@ __all__ = [
     "format_metrics",
     "load_results_json",
     "read_devkit_results",
+    "report_from_evaluator",
     "run_inference",
     "score_predictions",
     "voc_ap",
     "write_devkit_results",
+    "write_report",
 ]

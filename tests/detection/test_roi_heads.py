@@ -126,3 +126,24 @@ def test_roi_pool_is_selectable() -> None:
     assert not torch.allclose(pooled_max, pooled_align)
     # Max pooling over bins: every RoIPool value is an actual feature value of that image.
     assert torch.isin(pooled_max, feats).all()
+
+
+def test_losses_are_a_mean_per_image_so_micro_batches_average_exactly() -> None:
+    """Images with different RoI counts (3 and 5): the batch loss is the mean of the per-image losses, so two
+    micro-batches of one image each, averaged, give the batch's loss (what gradient accumulation relies on)."""
+    from detection.roi_heads import roi_weights
+
+    heads = _heads()
+    g = torch.Generator().manual_seed(1)
+    logits, deltas = torch.randn(8, K + 1, generator=g), torch.randn(8, 4 * K, generator=g)
+    rois = [torch.tensor([[0.0, 0.0, 10.0, 10.0]]).expand(3, 4), torch.tensor([[5.0, 5.0, 30.0, 20.0]]).expand(5, 4)]
+    gt = torch.tensor([[1.0, 1.0, 11.0, 12.0]]).expand(8, 4)
+    cls = torch.tensor([0, K, K, 2, 1, K, K, K])
+    fg = cls < K
+    whole = heads.losses(logits, deltas, torch.cat(rois), cls, gt, fg, roi_weights(rois))
+    parts = [heads.losses(logits[s], deltas[s], rois[i], cls[s], gt[s], fg[s], roi_weights([rois[i]]))
+             for i, s in enumerate((slice(0, 3), slice(3, 8)))]
+    for key in ("loss_cls", "loss_box_reg"):
+        torch.testing.assert_close(whole[key], (parts[0][key] + parts[1][key]) / 2)
+    plain = heads.losses(logits, deltas, torch.cat(rois), cls, gt, fg)  # 1 / R: differs with unequal counts
+    assert not torch.allclose(plain["loss_cls"], whole["loss_cls"])

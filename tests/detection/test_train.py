@@ -80,3 +80,79 @@ def test_two_process_accelerate_splits_data_and_keeps_weights_identical(tmp_path
     for k in w0:
         assert torch.equal(w0[k], w1[k]), f"ranks disagree on {k}"
     assert info[0]["changed"] > 10, "training steps must have changed the weights"
+
+
+def _one_step(cfg_overrides: list[str], out: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    from detection.config import load_detection_config
+    from detection.train import Trainer
+
+    cfg = load_detection_config(REPO / "configs/det/synthetic_r18_c4.yaml",
+                                [*TINY_TRAINING, *cfg_overrides, f"output_dir={out}"])
+    trainer = Trainer(cfg, cpu=True, progress=False, stop_after=1)
+    steps: list[dict[str, float]] = []
+    step = trainer._step
+    trainer._step = lambda batches, it: steps.append(step(batches, it)) or steps[-1]  # type: ignore[method-assign]
+    trainer.train()
+    return {k: v.detach().clone() for k, v in trainer.unwrapped.named_parameters()}, steps[0]
+
+
+def test_accumulated_micro_batches_give_the_big_batch_step(tmp_path: Path, synthetic_root: Path,
+                                                           tiny_checkpoint: Path, one_thread: None) -> None:
+    """4 images per step as 1 pass of 4, 2 passes of 2 and 4 passes of 1: the same images and augmentations, the
+    same losses and, after one SGD step, the same weights (BN frozen, as when fine-tuning a trained detector).
+
+    The RPN and RoI samples are made to take every candidate: random sampling draws from the global RNG, so with
+    other pass sizes it picks other (equally distributed) anchors and RoIs; this test is about the arithmetic."""
+    common = [f"data.root={synthetic_root}", f"model.weights={tiny_checkpoint}", "solver.ims_per_batch=4",
+              "model.rpn.batch_size_per_image=100000", "model.rpn.positive_fraction=0.5",
+              "model.roi_heads.batch_size_per_image=100000",
+              "data.num_workers=0", "solver.max_iter=2", "solver.steps=[]", "solver.warmup_iters=0",
+              "solver.base_lr=0.05", "solver.clip_grad_norm=0"]
+    ref, ref_stats = _one_step([*common, "solver.ims_per_device=4"], tmp_path / "a")
+    changed = 0
+    for micro, name in ((2, "b"), (1, "c")):
+        params, stats = _one_step([*common, f"solver.ims_per_device={micro}"], tmp_path / name)
+        for key in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box_reg"):
+            assert stats[key] == pytest.approx(ref_stats[key], rel=1e-5, abs=1e-7), (micro, key)
+        for k, v in params.items():
+            torch.testing.assert_close(v, ref[k], rtol=1e-5, atol=1e-6, msg=f"{k} with {micro} image(s) per pass")
+    init = torch.load(tiny_checkpoint, weights_only=True)["state_dict"]
+    changed = sum(not torch.equal(init[k], v) for k, v in ref.items() if k in init)
+    assert changed > 10, "the step must have changed the weights"
+
+
+def test_batch_plan_and_its_errors() -> None:
+    from detection.config import load_detection_config
+    from detection.train import batch_plan
+    from resbackbone.errors import ConfigError
+
+    def plan(batch: int, device: int, procs: int):  # noqa: ANN202
+        cfg = load_detection_config(None, [f"solver.ims_per_batch={batch}", f"solver.ims_per_device={device}"])
+        return batch_plan(cfg, procs)
+
+    p = plan(8, 2, 1)
+    assert (p.per_process, p.micro, p.accumulation) == (8, 2, 4)
+    assert "8 images per step = 1 process(es) x 4 accumulated pass(es) x 2 image(s) per pass" == p.describe()
+    assert (plan(8, 2, 8).micro, plan(8, 2, 8).accumulation) == (1, 1)  # one image per GPU: one pass of it
+    with pytest.raises(ConfigError, match=r"solver.ims_per_device=3 does not divide the 8 images .* use "
+                                          r"solver.ims_per_device=2"):
+        plan(8, 3, 1)
+    with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+        plan(8, 2, 3)
+
+
+def test_epoch_schedule_is_resolved_from_the_training_set() -> None:
+    from detection.config import load_detection_config
+    from detection.train import resolve_epoch_schedule
+    from resbackbone.errors import ConfigError
+
+    cfg = load_detection_config(None, ["solver.ims_per_batch=4", "solver.max_epochs=12",
+                                       "solver.step_fractions=[0.75]", "solver.warmup_iters=100",
+                                       "test.eval_epochs=3"])
+    out = resolve_epoch_schedule(cfg, 50)  # 12 x 50 / 4 = 150 iterations
+    assert (out.solver.max_iter, out.solver.steps, out.solver.warmup_iters) == (150, (112,), 37)
+    assert out.test.eval_period == 38  # 3 epochs of 12.5 iterations
+    assert resolve_epoch_schedule(load_detection_config(None, []), 50).solver.max_iter == 40000  # untouched
+    with pytest.raises(ConfigError, match="step_fractions must lie in"):
+        resolve_epoch_schedule(load_detection_config(None, ["solver.max_epochs=2", "solver.step_fractions=[1.5]"]),
+                               10)

@@ -52,8 +52,11 @@ def test_contiguous_labels_xywh_to_xyxy_and_crowd(tmp_path: Path) -> None:
     assert len(ds) == 4 and ds.image_ids == [1, 2, 3, 4]  # evaluation keeps images without annotations
     gt = ds.get_ground_truth(0)
     assert gt["image_id"] == 1
-    np.testing.assert_array_equal(gt["boxes"], np.array([[2.5, 3.0, 22.5, 33.25], [30, 10, 40, 15]], np.float32))
-    assert gt["labels"].tolist() == [0, 2]  # the crowd box is not a target
+    np.testing.assert_array_equal(gt["boxes"], np.array([[2.5, 3.0, 22.5, 33.25], [30, 10, 40, 15], [0, 0, 64, 48]],
+                                                        np.float32))
+    # The crowd region is ground truth to ignore (as difficult boxes are in VOC scoring), never a target.
+    assert gt["labels"].tolist() == [0, 2, 1] and gt["difficult"].tolist() == [False, False, True]
+    assert ds[0][1]["labels"].tolist() == [0, 2]
     assert ds.get_ground_truth(1)["boxes"].shape == (0, 4)
     assert sorted(ds.coco.getImgIds()) == [1, 2, 3, 4] and len(ds.coco.getAnnIds(iscrowd=None)) == 5
     image, target = ds[3]
