@@ -115,7 +115,8 @@ def _call_site() -> str:
     for roots in (PROJECT_ROOTS, (TORCHVISION_ROOT,)):
         for fr in reversed(frames):
             if fr.filename.startswith(roots):
-                base = str(REPO) + "/" if fr.filename.startswith(str(REPO)) else str(Path(TORCHVISION_ROOT).parent) + "/"
+                inside = fr.filename.startswith(str(REPO))
+                base = str(REPO) + "/" if inside else str(Path(TORCHVISION_ROOT).parent) + "/"
                 return f"{fr.filename[len(base):]}:{fr.lineno} ({fr.name})"
     return "<outside the project>"
 
@@ -286,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     for arch in ("C4", "DC5") if args.arch == "both" else (args.arch,):
         reports = detector_reports(bench, arch)
         h, w = bench.size, min(bench.max_size, round(bench.size * 4 / 3))
+        twin = "torchvision.models.detection assembled the same way" + (", C4 only" if arch != "C4" else "")
         print(f"\nHost syncs, {args.backbone} {arch}, {h}x{w} px, train batch {args.batch} ({args.rois} RoIs/image), "
-              f"inference batch 1 (twin: torchvision.models.detection assembled the same way{', C4 only' if arch != 'C4' else ''})\n")
+              f"inference batch 1 (twin: {twin})\n")
         print(markdown_table(reports))
         if args.sites:
             print(sites_table(reports))

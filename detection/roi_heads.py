@@ -279,7 +279,7 @@ def roi_weights(rois: list[Tensor]) -> Tensor:
     :meth:`RoIHeads.losses`); an image without RoIs contributes nothing."""
     n = max(len(rois), 1)
     # Built from the known list lengths: no device tensor is read back (no host sync).
-    return torch.cat([r.new_full((len(r),), 1.0 / (len(r) * n)) for r in rois]) if rois else torch.zeros(0)
+    return torch.cat([r.new_full((len(r),), 1.0 / (max(len(r), 1) * n)) for r in rois]) if rois else torch.zeros(0)
 
 def select_detections(
     boxes: Tensor,

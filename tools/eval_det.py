@@ -49,10 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--results", help="saved detections: a directory of devkit comp4_det_test_<class>.txt files "
                                        "or a COCO results .json")
     gt = p.add_mutually_exclusive_group()
-    gt.add_argument("--dataset", help="evaluation set name, e.g. voc07-test, coco2017-val (default with "
-                                      "--checkpoint: the one it was trained for)")
+    gt.add_argument("--dataset", help="evaluation set: a name (voc07-test, coco2017-val) or your own "
+                                      "(coco:ANN.json:IMAGE_DIR, voc:FOLDER:SPLIT, yolo:DATA.yaml:val); default with "
+                                      "--checkpoint: the one it was trained for")
     gt.add_argument("--gt-json", help="COCO annotation file to score a COCO results .json against (no dataset)")
     p.add_argument("--data-root", help="data root (default: $RESDET_DATA_ROOT or datasets/)")
+    p.add_argument("--classes", help="class list of a VOC-style folder scored without --checkpoint (a file or "
+                                     "a,b,c; with --checkpoint the model's classes)")
     p.add_argument("--metric", choices=METRICS, help="default: the dataset's")
     p.add_argument("--output", help="write the metrics as JSON here")
     p.add_argument("--pr-curves", help="plot per-class precision/recall curves to this PNG (VOC metrics)")
@@ -96,10 +99,13 @@ def _check_outputs(args: argparse.Namespace, evaluator: Any) -> None:
         raise ConfigError("--write-coco-json needs --metric coco")
 
 
-def _build_dataset(name: str, args: argparse.Namespace, **sizes: int) -> Any:
+def _build_dataset(spec: Any, args: argparse.Namespace, classes: Any = None, **sizes: int) -> Any:
     from detection.data import build_dataset
+    from detection.data.catalog import read_class_list
 
-    return build_dataset(name, args.data_root, train=False, **sizes)
+    if classes is None and getattr(args, "classes", None):
+        classes = read_class_list(args.classes)
+    return build_dataset(spec, args.data_root, train=False, classes=classes, **sizes)
 
 
 def _score_results(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
@@ -136,7 +142,7 @@ def _run_checkpoint(args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
         raise ConfigError(f"{args.checkpoint}: records no test dataset; pass --dataset")
     min_size, max_size = test_size(cfg.data.min_size_test, cfg.data.max_size_test, args.min_size, args.max_size)
     logger.info("%s on %s at test size %d/%d", args.checkpoint, name, min_size, max_size)
-    dataset = _build_dataset(name, args, min_size=min_size, max_size=max_size)
+    dataset = _build_dataset(name, args, classes=model.class_names, min_size=min_size, max_size=max_size)
     evaluator = build_evaluator(dataset, args.metric)
     _check_outputs(args, evaluator)
     metrics = evaluate_detector(model, dataset, evaluator=evaluator, batch_size=args.batch_size,

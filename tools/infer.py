@@ -8,9 +8,11 @@
 
 Writes into --output: one drawn image per input (same name; PNG unless the input was a JPEG), detections.json
 ({"class_names": [...], "images": {file name: {"height", "width", "detections": [{"box" XYXY original pixels,
-"score", "label", "class_name"}]}}, "skipped": {file name: why}}: files that cannot be decoded are skipped and
-reported, the others still processed) and coco_results.json (COCO results format: image_id = the file's position in
-the sorted input list, category_id = label + 1, bbox = [x, y, width, height]).
+"score", "label", "class_name", "category_id"}]}}, "skipped": {file name: why}}: files that cannot be decoded are
+skipped and reported, the others still processed) and coco_results.json (COCO results format, bbox = [x, y, width,
+height]). Ids are the user's own where the detector file records them (a model trained on a COCO-format set:
+category_id = that set's id of the class; image_id = the id its training / test JSON gives the file name);
+otherwise image_id = the file's position in the sorted input list and category_id = label + 1.
 
 With --eval-dataset NAME (instead of --input) the same predictions, TTA included, run over a test set and are
 scored by its evaluator (VOC / COCO, as tools/eval_det.py does); the metrics go to stdout and metrics.json. The
@@ -42,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="model_final.pth or a training checkpoint")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="an image file or a directory of images")
-    src.add_argument("--eval-dataset", help="score the predictions on this test set (e.g. voc07-test)")
+    src.add_argument("--eval-dataset", help="score the predictions on this test set (e.g. voc07-test, or "
+                                            "coco:ANN.json:IMAGE_DIR, voc:FOLDER:SPLIT, yolo:DATA.yaml:val)")
     p.add_argument("--data-root", default=None, help="data root for --eval-dataset (see datasets/README.md)")
     p.add_argument("--output", default="output/infer", help="directory for drawn images and JSON files")
     p.add_argument("--score-thresh", type=float, default=0.5,
@@ -101,16 +104,25 @@ def predict(args: argparse.Namespace, tta: TTAOptions, files: list[Path]) -> int
                 len(names), predictor.min_size, predictor.max_size, args.tta or "off", out_dir)
     per_image: dict[str, dict] = {}
     coco: list[dict] = []
-    index = {p: i for i, p in enumerate(files)}
+    # The user's own ids where the detector file knows them (the data it was trained and tested on): COCO
+    # results then score against the user's JSON as they are. Otherwise position / label + 1.
+    meta = getattr(predictor.model, "dataset_meta", None) or {}
+    category_ids = list(meta.get("category_ids") or range(1, len(names) + 1))
+    known_ids = meta.get("image_ids") or {}
+    index = {p: known_ids.get(p.name, i) for i, p in enumerate(files)}
+    if known_ids:
+        logger.info("%d of %d file name(s) have an image id of the training / test data",
+                    sum(p.name in known_ids for p in files), len(files))
     skipped: list[tuple[Path, str]] = []
     bar = tqdm(predictor.predict_files(files, args.batch_size, skipped=skipped), total=len(files), desc="infer",
                disable=len(files) < 2, dynamic_ncols=True)
     for path, image, det in bar:
-        per_image[path.name] = {"height": int(image.shape[0]), "width": int(image.shape[1]),
+        per_image[path.name] = {"image_id": index[path], "height": int(image.shape[0]), "width": int(image.shape[1]),
                                 "detections": detections_to_json(det, names)}
         for d in per_image[path.name]["detections"]:
             x1, y1, x2, y2 = d["box"]
-            coco.append({"image_id": index[path], "category_id": d["label"] + 1,
+            d["category_id"] = category_ids[d["label"]]
+            coco.append({"image_id": index[path], "category_id": d["category_id"],
                          "bbox": [x1, y1, round(x2 - x1, 4), round(y2 - y1, 4)], "score": d["score"]})
         if not args.no_draw:
             drawn = draw_detections(image, det["boxes"], det["labels"], det["scores"], names,
@@ -147,7 +159,7 @@ def evaluate(args: argparse.Namespace, tta: TTAOptions) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=choose_device(cpu=args.cpu), tta=tta,
                                           min_size=args.min_size, max_size=args.max_size)
     ds = build_dataset(args.eval_dataset, args.data_root, train=False, min_size=predictor.min_size,
-                       max_size=predictor.max_size)
+                       max_size=predictor.max_size, classes=predictor.class_names)
     check_classes(predictor.class_names, ds, what=args.checkpoint)
     records = ds.records
     # The predictor decodes the original files itself (TTA resizes them per scale); the evaluator gets the same

@@ -37,7 +37,7 @@ from detection.config import (  # noqa: E402
     default_config_name,
     load_detection_config,
 )
-from detection.data.catalog import canonical_spec, default_test_spec, read_class_list  # noqa: E402
+from detection.data.catalog import canonical_spec, default_test_spec, describe_spec, read_class_list  # noqa: E402
 from resbackbone.engine.checkpoint import CheckpointManager  # noqa: E402
 from resbackbone.engine.progress import NonFiniteLossError  # noqa: E402
 from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule  # noqa: E402
@@ -113,7 +113,13 @@ def resolve_config(args: argparse.Namespace) -> DetectionConfig:
     if args.output_dir:
         cfg = replace(cfg, output_dir=args.output_dir)
     solver = apply_linear_scaling(cfg.solver)
-    if args.max_iter is not None:
+    if args.max_iter is not None and solver.max_epochs > 0:
+        # An explicit iteration count replaces an epoch schedule; its lr steps keep their fractions.
+        n = args.max_iter
+        solver = replace(solver, max_epochs=0.0, max_iter=n, step_fractions=(),
+                         steps=tuple(sorted({max(1, round(f * n)) for f in solver.step_fractions if round(f * n) < n})),
+                         warmup_iters=min(solver.warmup_iters, max(n // 4, 1)))
+    elif args.max_iter is not None:
         solver = rescale_schedule(solver, args.max_iter)
     return replace(cfg, solver=solver)
 
@@ -164,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}; {kept}", file=sys.stderr)
         return 3
     if trainer.accelerator.is_main_process:
-        summary = {k: v for k, v in result.items() if k != "per_class" and not isinstance(v, dict)}
+        summary = {k: v for k, v in result.items() if k not in ("per_class", "log") and not isinstance(v, dict)}
         print(json.dumps(summary, indent=1))
         if "mAP" in result:
             final = Path(cfg.output_dir) / FINAL_WEIGHTS_NAME
-            print(f"{cfg.data.test}: mAP@0.5 = {result['mAP']:.4f}  (model: {final})")
+            # The COCO metric's mAP is AP at IoU 0.50:0.95; the VOC metrics' is AP at 0.5.
+            what = (f"AP@[.5:.95] = {result['mAP']:.4f}, AP50 = {result['AP50']:.4f}" if "AP50" in result and
+                    "iou_thresh" not in result else f"mAP@0.5 = {result['mAP']:.4f}")
+            print(f"{describe_spec(cfg.data.test)}: {what}  (model: {final})")
     return 0
 
 

@@ -91,6 +91,9 @@ def load_coco_records(
             is_crowd = bool(ann.get("iscrowd", 0))
             if (w < 1 or h < 1) and not is_crowd:
                 tiny += 1  # COCO has a few sub-pixel boxes; not trainable, and scored by pycocotools as it does
+                if problems is not None:
+                    problems.warn("degenerate_box", f"{ann_file}: annotation {ann.get('id')} (image {img_id}): "
+                                                    f"bbox {ann['bbox']} is under 1 px wide or high; not a target")
                 continue
             boxes.append((x, y, x + w, y + h))
             labels.append(cat_to_label[ann["category_id"]])

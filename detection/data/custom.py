@@ -44,11 +44,16 @@ class Problems:
 
     raise_on: Callable[[str], bool] | None = None
     items: list[tuple[str, str]] = field(default_factory=list)
+    # Not errors (the item is still used, e.g. a box the transform clips or drops): never raise, never stop a run.
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, kind: str, message: str) -> None:
         if self.raise_on is None or self.raise_on(kind):
             raise DataError(message)
         self.items.append((kind, message))
+
+    def warn(self, kind: str, message: str) -> None:
+        self.warnings.append((kind, message))
 
     def counts(self) -> Counter:
         return Counter(kind for kind, _ in self.items)

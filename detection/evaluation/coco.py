@@ -70,7 +70,7 @@ def evaluate_coco(
         c["id"]: c["name"] for c in coco_gt.loadCats(cat_ids)}
     if not results:
         zeros: dict[str, Any] = {n: 0.0 for n in COCO_STAT_NAMES}
-        return {**zeros, "mAP": 0.0, "per_class": {names[c]: 0.0 for c in cat_ids},
+        return {**zeros, "mAP": 0.0, "per_class": {names[c]: 0.0 for c in cat_ids if c in names},
                 "log": "no detections: every metric is 0"}
     known_images = set(coco_gt.getImgIds())
     unknown = {int(r["image_id"]) for r in results} - known_images
@@ -87,6 +87,9 @@ def evaluate_coco(
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         if image_ids is not None:
             ev.params.imgIds = sorted({int(i) for i in image_ids})
+        if category_names is not None:
+            # Only the classes: a category that is not one (a Roboflow export's empty parent) is not scored.
+            ev.params.catIds = sorted(c for c in cat_ids if c in names)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
