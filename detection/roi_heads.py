@@ -281,6 +281,7 @@ def roi_weights(rois: list[Tensor]) -> Tensor:
     # Built from the known list lengths: no device tensor is read back (no host sync).
     return torch.cat([r.new_full((len(r),), 1.0 / (max(len(r), 1) * n)) for r in rois]) if rois else torch.zeros(0)
 
+
 def select_detections(
     boxes: Tensor,
     probs: Tensor,

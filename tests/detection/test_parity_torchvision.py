@@ -146,13 +146,18 @@ def test_roi_head_detections_match_torchvision() -> None:
 
 
 def test_roi_head_losses_match_torchvision() -> None:
-    """With every proposal sampled (few proposals, batch 512), training losses agree exactly."""
+    """With every proposal sampled (few proposals, batch 512), training losses agree exactly.
+
+    Both images get the same number of RoIs (25 proposals + 2 ground-truth boxes): ours is a mean per image, then
+    over images (exact under gradient accumulation), which is torchvision's mean over all RoIs when the counts
+    are equal (tests/detection/test_roi_heads.py covers unequal counts)."""
     ours, tv = _pair_heads(train=True)
     g = torch.Generator().manual_seed(4)
     feats = torch.randn(2, 256, IMAGE // 16, IMAGE // 16, generator=g)
-    props = _proposals()
-    gt = [torch.tensor([[10.0, 10.0, 60.0, 70.0], [50.0, 40.0, 110.0, 100.0]]), torch.tensor([[20.0, 30, 70, 60]])]
-    labels = [torch.tensor([0, 2]), torch.tensor([1])]
+    props = [p[:25] for p in _proposals()]
+    gt = [torch.tensor([[10.0, 10.0, 60.0, 70.0], [50.0, 40.0, 110.0, 100.0]]),
+          torch.tensor([[20.0, 30, 70, 60], [60.0, 10.0, 100.0, 50.0]])]
+    labels = [torch.tensor([0, 2]), torch.tensor([1, 0])]
     sizes = [(IMAGE, IMAGE), (IMAGE, IMAGE)]
     torch.manual_seed(5)
     _, losses = ours(feats, props, torch.tensor(sizes), gt, labels)

@@ -112,7 +112,8 @@ def write_voc_folder(root: Path, items: dict[str, list[Sample]]) -> Path:
             h, w = s.image.shape[:2]
             objs = "".join(
                 f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin>"
-                f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>" for (x1, y1, x2, y2), n in zip(s.boxes, s.names))
+                f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+                for (x1, y1, x2, y2), n in zip(s.boxes, s.names))
             (root / "Annotations" / f"{s.stem}.xml").write_text(
                 f"<annotation><filename>{s.stem}.png</filename><size><width>{w}</width><height>{h}</height>"
                 f"<depth>3</depth></size>{objs}</annotation>")
