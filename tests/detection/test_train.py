@@ -156,3 +156,25 @@ def test_epoch_schedule_is_resolved_from_the_training_set() -> None:
     with pytest.raises(ConfigError, match="step_fractions must lie in"):
         resolve_epoch_schedule(load_detection_config(None, ["solver.max_epochs=2", "solver.step_fractions=[1.5]"]),
                                10)
+
+
+def test_old_grad_accum_steps_configs_still_load() -> None:
+    """Detector files written before solver.ims_per_device existed carried solver.grad_accum_steps."""
+    from detection.checkpoint import upgrade_config_dict
+    from detection.config import DetectionConfig
+    from resbackbone.engine.config import from_dict, to_dict
+
+    old = to_dict(DetectionConfig())
+    old["solver"].pop("ims_per_device")
+    old["solver"].update(grad_accum_steps=4, ims_per_batch=8)
+    cfg = from_dict(DetectionConfig, upgrade_config_dict(old))
+    assert (cfg.solver.ims_per_batch, cfg.solver.ims_per_device) == (8, 2)
+
+
+def test_max_iter_flag_replaces_an_epoch_schedule() -> None:
+    from tools.train_det import parse_args, resolve_config
+
+    cfg = resolve_config(parse_args(["--config", str(REPO / "configs/det/finetune_c4.yaml"), "--dataset",
+                                     "synthetic-train", "--test-dataset", "synthetic-test", "--max-iter", "40"]))
+    s = cfg.solver
+    assert (s.max_epochs, s.max_iter, s.steps, s.step_fractions, s.warmup_iters) == (0.0, 40, (30,), (), 10)

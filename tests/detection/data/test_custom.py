@@ -199,3 +199,12 @@ def test_exif_rotated_photo_boxes_land_on_the_object(tmp_path: Path, capsys: pyt
     assert "size_mismatch" in out and "photo.jpg: decoded size 40x60" in out and "EXIF orientation" in out
     with pytest.raises(DataError, match="EXIF orientation"):
         build_dataset(f"coco:{ann2}:{tmp_path / 'img'}", train=False)[0]
+
+
+def test_default_test_set_of_a_user_training_set(user_sets: dict) -> None:
+    from detection.data.catalog import default_test_spec
+
+    assert default_test_spec(user_sets["yolo"])["split"] == "val"
+    assert default_test_spec(user_sets["voc"])["split"] == "val"
+    with pytest.raises(ConfigError, match="pass --test-dataset"):
+        default_test_spec(user_sets["coco"])
