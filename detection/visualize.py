@@ -122,8 +122,15 @@ def save_pr_curves(
         flat[0].legend(fontsize=7, ncol=2)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path_png)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = Path(path_png)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -37,6 +37,7 @@ import numpy as np
 
 from resbackbone.errors import DataError
 
+from ..visualize import save_figure
 from .coco import COCOEvaluator, load_results_json
 from .voc import VOCEvaluator, _ap_from_flags, _ClassMatches, _devkit_iou, _flatten
 
@@ -445,12 +446,7 @@ def save_confusion_matrix_png(report: DetectionReport, path: str | Path) -> Path
     ax.set_title(f"confusion at score >= {report.score_thresh:g}, IoU > {report.iou_thresh:g} (rows normalized)",
                  fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_pr_curves_png(report: DetectionReport, path: str | Path) -> Path:
@@ -479,12 +475,7 @@ def save_pr_curves_png(report: DetectionReport, path: str | Path) -> Path:
     ax.set_title(f"PR curves at IoU > {report.iou_thresh:g}, mAP {_pct(report.mAP)} % "
                  f"(dots: score >= {report.score_thresh:g})", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, ncol=ncol, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(report: DetectionReport, directory: str | Path) -> dict[str, Path]:
