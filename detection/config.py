@@ -166,6 +166,9 @@ class SolverConfig(BaseSolverConfig):
     # the whole batch (exact with frozen BN; trainable BN sees micro-batch statistics). Smaller than the
     # per-process share: that share in one pass.
     ims_per_device: int = 2
+    # lr decay after the warm-up: "multistep" (x gamma at each of steps) or "cosine" (to 0 at max_iter; steps
+    # unused).
+    schedule: Literal["multistep", "cosine"] = "multistep"
     # Epoch-based schedule (0: use max_iter / steps as written). max_iter = ceil(max_epochs x training images /
     # ims_per_batch), lr steps at step_fractions of it, e.g. [0.75]; resolved once the training set is known.
     max_epochs: float = 0.0

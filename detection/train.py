@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from resbackbone.engine.checkpoint import check_finite_state
 from resbackbone.engine.config import from_dict, to_dict
 from resbackbone.engine.progress import Progress, check_finite
-from resbackbone.engine.schedule import build_lr_scheduler, sgd_from_config
+from resbackbone.engine.schedule import build_lr_scheduler, optimizer_from_config
 from resbackbone.engine.trainer import TrainerBase
 from resbackbone.errors import ConfigError
 from resbackbone.serialization import atomic_torch_save
@@ -194,8 +194,8 @@ class Trainer(TrainerBase):
             if self.accelerator.device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
             s = cfg.solver
-            optimizer = sgd_from_config(model, s)
-            scheduler = build_lr_scheduler(optimizer, kind="multistep", max_iter=s.max_iter, steps=s.steps,
+            optimizer = optimizer_from_config(model, s)
+            scheduler = build_lr_scheduler(optimizer, kind=s.schedule, max_iter=s.max_iter, steps=s.steps,
                                            gamma=s.gamma, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
             self.prepare(model, optimizer, scheduler)
             self.best: dict[str, Any] = {}

@@ -23,7 +23,7 @@ from .. import resnet as resnet_mod
 from ..engine.checkpoint import CheckpointManager
 from ..engine.progress import Progress, check_finite
 from ..engine.sampling import InferenceSampler, build_train_loader
-from ..engine.schedule import apply_linear_scaling, lr_factor, sgd_from_config
+from ..engine.schedule import apply_linear_scaling, lr_factor, optimizer_from_config
 from ..engine.trainer import TrainerBase
 from ..errors import ConfigError, DataError
 from ..pixels import TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
@@ -108,7 +108,7 @@ class ClassificationTrainer(TrainerBase):
             s = cfg.solver
             if s.channels_last and acc.device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
-            self.prepare(model, sgd_from_config(model, s))
+            self.prepare(model, optimizer_from_config(model, s))
             self.forward_model = torch.compile(self.model) if cfg.model.compile else self.model
             self.ema = None
             if s.ema_decay > 0:

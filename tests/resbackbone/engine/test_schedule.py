@@ -53,3 +53,31 @@ def test_linear_scaling_rule_and_max_iter_override() -> None:
                                           max_iter=80000, steps=(60000,), warmup_iters=800))
     assert s.base_lr == pytest.approx(0.008) and s.max_iter == 10000 and s.steps == (7500,) and s.warmup_iters == 100
     assert apply_linear_scaling(SolverConfig(ims_per_batch=4)) == SolverConfig(ims_per_batch=4)
+
+
+def test_cosine_schedule_ignores_the_unused_steps() -> None:
+    # A config switched to solver.schedule=cosine keeps its multistep steps as written, possibly past max_iter.
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = build_lr_scheduler(opt, kind="cosine", max_iter=10, steps=(20,), warmup_iters=0)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_adamw_from_config_splits_decay_like_sgd() -> None:
+    from resbackbone.engine.schedule import SolverConfig, optimizer_from_config
+    from resbackbone.errors import ConfigError
+
+    model = resnet18(num_classes=10)
+    solver = SolverConfig(optimizer="adamw", base_lr=1e-3, weight_decay=0.05, adam_betas=(0.9, 0.99))
+    opt = optimizer_from_config(model, solver)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["betas"] == (0.9, 0.99) and decay["lr"] == 1e-3
+    sgd_groups = build_sgd(model, lr=0.1, weight_decay=1e-4).param_groups
+    assert [len(g["params"]) for g in opt.param_groups] == [len(g["params"]) for g in sgd_groups]
+    assert isinstance(optimizer_from_config(model, SolverConfig()), torch.optim.SGD)
+    with pytest.raises(ConfigError, match="adam_betas"):
+        optimizer_from_config(model, SolverConfig(optimizer="adamw", adam_betas=(0.9, 1.0)))
