@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from detection.config import load_detection_config
     from detection.data import build_test_dataset, build_test_loader, build_train_dataset, build_train_loader
     from detection.faster_rcnn import build_faster_rcnn
+    from resbackbone.engine.schedule import optimizer_from_config
     from resbackbone.errors import InputError
 
     if args.iters < 1 or args.warmup < 0:
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         if args.mode == "train":
             model.train()
-            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.solver.base_lr,
-                                  momentum=cfg.solver.momentum, weight_decay=cfg.solver.weight_decay)
+            opt = optimizer_from_config(model, cfg.solver)  # the trainer's: SGD or fused AdamW
 
             def step() -> int:
                 images, targets = next(stream)

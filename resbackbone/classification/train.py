@@ -22,7 +22,7 @@ from .. import cifar as cifar_mod
 from .. import resnet as resnet_mod
 from ..engine.checkpoint import CheckpointManager
 from ..engine.progress import Progress, check_finite
-from ..engine.sampling import InferenceSampler, build_train_loader
+from ..engine.sampling import build_inference_loader, build_train_loader
 from ..engine.schedule import apply_linear_scaling, lr_factor, optimizer_from_config
 from ..engine.trainer import TrainerBase
 from ..errors import ConfigError, DataError
@@ -251,8 +251,9 @@ class ClassificationTrainer(TrainerBase):
         model = self.ema.module if self.ema is not None else self.unwrapped
         was = model.training
         model.eval()
-        loader = DataLoader(dataset, batch_size=self.cfg.test.ims_per_batch, num_workers=self.cfg.data.num_workers,
-                            sampler=InferenceSampler(len(dataset), acc.num_processes, acc.process_index))
+        loader = build_inference_loader(dataset, batch_size=self.cfg.test.ims_per_batch,
+                                        num_workers=self.cfg.data.num_workers, num_replicas=acc.num_processes,
+                                        rank=acc.process_index)
         c1 = c5 = total = 0
         for images, labels in loader:
             x, y = self._prepare(images), labels.to(acc.device)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -175,8 +177,38 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - the global legacy RNG is what data libraries use
-    # Threads: torch's worker loop already runs each worker with one intra-op thread. OpenCV's pool is not touched
-    # here: cv2.setNumThreads in a forked worker deadlocked (futex wait) once the parent had used OpenCV's pool.
+    # Threads: torch's worker loop already runs each worker with one intra-op thread, and OpenCV's count is set
+    # to one before the fork (WorkerLoader): cv2.setNumThreads here, in a forked worker, deadlocked (futex wait)
+    # once the parent had used OpenCV's pool, whose threads do not exist in the child.
+
+
+@contextmanager
+def _one_opencv_thread() -> Iterator[None]:
+    """OpenCV at one thread in this process for the duration (no-op unless the program has imported cv2).
+
+    Forked workers inherit it: set in the parent before forking, OpenCV joins its pool's threads here, so each
+    child starts with a consistent pool of one and does not start one thread per core of its own."""
+    cv2 = sys.modules.get("cv2")
+    if cv2 is None:
+        yield
+        return
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+class WorkerLoader(torch.utils.data.DataLoader):
+    """A ``DataLoader`` whose worker processes run OpenCV with one thread (W workers x one OpenCV thread per core
+    would oversubscribe the cores the model needs); torch already runs each worker with one thread."""
+
+    def __iter__(self) -> Any:
+        if self.num_workers == 0:
+            return super().__iter__()
+        with _one_opencv_thread():  # workers are forked in here (the first call only, when persistent)
+            return super().__iter__()
 
 
 def available_cpus() -> int:
@@ -241,7 +273,7 @@ def build_train_loader(
     if seeded:
         sampler = SeededBatchSampler(sampler, seed=seed, start_iter=start_iter, per_process=batch_size, rank=rank)
         dataset = SeededDataset(dataset)
-    return torch.utils.data.DataLoader(
+    return WorkerLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=(workers := usable_workers(num_workers)),
         persistent_workers=workers > 0, worker_init_fn=_seed_worker, pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
@@ -254,11 +286,12 @@ def build_inference_loader(
 ) -> torch.utils.data.DataLoader:
     """A finite, ordered loader over this process's contiguous shard of ``dataset`` (every index exactly once
     across ``num_replicas`` processes)."""
-    return torch.utils.data.DataLoader(
+    return WorkerLoader(
         dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset), num_replicas, rank),
         collate_fn=collate_fn, num_workers=usable_workers(num_workers), worker_init_fn=_seed_worker,
     )
 
 
 __all__ = ["InferenceSampler", "SeedableDataset", "SeededBatchSampler", "SeededDataset", "TrainBatchSampler",
-           "available_cpus", "build_inference_loader", "build_train_loader", "sample_seed", "usable_workers"]
+           "WorkerLoader", "available_cpus", "build_inference_loader", "build_train_loader", "sample_seed",
+           "usable_workers"]

@@ -242,6 +242,13 @@ class TrainerBase:
         ckpt = CheckpointManager.load(latest)
         self.checkpoints.adopt()  # the resumed run's checkpoints are this run's: pruned as it goes
         self.unwrapped.load_state_dict(ckpt["model"])
+        # torch loads another optimizer's state without a word and fails (or silently differs) steps later.
+        saved, current = ckpt["optimizer"].get("param_groups") or [{}], self.optimizer.state_dict()["param_groups"]
+        if any((key in saved[0]) != (key in current[0]) for key in ("momentum", "betas")):
+            name = type(getattr(self.optimizer, "optimizer", self.optimizer)).__name__  # under accelerate's wrapper
+            raise ConfigError(f"{latest}: holds the state of another optimizer than this run's {name} (was "
+                              "solver.optimizer changed?); resume with the one it was trained with, or start a new "
+                              "run from its weights")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scheduler") is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -107,7 +107,7 @@ def test_accumulated_micro_batches_give_the_big_batch_step(tmp_path: Path, synth
               "model.rpn.batch_size_per_image=100000", "model.rpn.positive_fraction=0.5",
               "model.roi_heads.batch_size_per_image=100000",
               "data.num_workers=0", "solver.max_iter=2", "solver.steps=[]", "solver.warmup_iters=0",
-              "solver.base_lr=0.05", "solver.clip_grad_norm=0"]
+              "solver.base_lr=0.05", "solver.clip_grad_norm=0", "solver.optimizer=sgd", "solver.schedule=multistep"]
     ref, ref_stats = _one_step([*common, "solver.ims_per_device=4"], tmp_path / "a")
     changed = 0
     for micro, name in ((2, "b"), (1, "c")):

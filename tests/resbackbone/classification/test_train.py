@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from resbackbone.classification import ClassificationTrainer, ClsConfig
 from resbackbone.engine.config import from_dict
+from resbackbone.errors import ConfigError
 
 
 def _tiny(tmp_path: Path, **solver: object) -> ClsConfig:
@@ -31,12 +33,21 @@ def test_short_synthetic_run_learns_well_above_chance(tmp_path: Path) -> None:
     assert (tmp_path / "metrics.jsonl").is_file()
 
 
-def test_resume_is_exact(tmp_path: Path) -> None:
-    full = ClassificationTrainer(_tiny(tmp_path / "a", epochs=2, steps=[10]), progress=False)
+SGD = {"epochs": 2, "steps": [10]}
+ADAMW = {"epochs": 1, "steps": [], "optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.05}
+
+
+@pytest.mark.parametrize(("solver", "other", "other_name"), [(SGD, ADAMW, "AdamW"), (ADAMW, SGD, "SGD")])
+def test_resume_is_exact_and_another_optimizer_is_refused(tmp_path: Path, solver: dict, other: dict,
+                                                          other_name: str) -> None:
+    full = ClassificationTrainer(_tiny(tmp_path / "a", **solver), progress=False)
     full.train()
-    part = ClassificationTrainer(_tiny(tmp_path / "b", epochs=2, steps=[10]), progress=False, stop_after=5)
+    part = ClassificationTrainer(_tiny(tmp_path / "b", **solver), progress=False, stop_after=5)
     part.train()
-    resumed = ClassificationTrainer(_tiny(tmp_path / "b", epochs=2, steps=[10]), progress=False, resume=True)
+    # torch would load the other optimizer's state without a word.
+    with pytest.raises(ConfigError, match=f"another optimizer than this run's {other_name}"):
+        ClassificationTrainer(_tiny(tmp_path / "b", **other), progress=False, resume=True)
+    resumed = ClassificationTrainer(_tiny(tmp_path / "b", **solver), progress=False, resume=True)
     assert resumed.start_iter == 5
     resumed.train()
     a = full.accelerator.unwrap_model(full.model).state_dict()

@@ -88,3 +88,45 @@ def test_workers_are_capped_to_the_cpus_and_use_one_torch_thread_each(monkeypatc
                                              collate_fn=lambda b: b[0])
     assert loader.num_workers == 1
     assert next(iter(loader)) == 1
+
+
+OPENCV_WORKERS = r"""
+import cv2, numpy as np, torch
+from resbackbone.engine.sampling import build_inference_loader, build_train_loader
+
+img = np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8)
+for _ in range(3):
+    cv2.GaussianBlur(img, (31, 31), 0)  # the parent's OpenCV pool is up and has run work before any fork
+before = cv2.getNumThreads()
+
+class Probe(torch.utils.data.Dataset):
+    def __len__(self):
+        return 3
+    def __getitem__(self, i):
+        cv2.GaussianBlur(img, (31, 31), 0)  # OpenCV work inside the worker
+        return cv2.getNumThreads()
+
+first = lambda b: b[0]
+test = build_inference_loader(Probe(), batch_size=1, num_workers=1, collate_fn=first)
+seen = list(test) + list(test)  # two passes: workers forked twice
+it = iter(build_train_loader(Probe(), batch_size=1, seed=0, num_workers=1, collate_fn=first))
+seen += [next(it) for _ in range(4)]
+print(seen, before, cv2.getNumThreads())
+"""
+
+
+def test_workers_run_opencv_with_one_thread_after_the_parent_used_its_pool() -> None:
+    """OpenCV's thread count is set before the workers fork (in the child it deadlocked): each worker sees 1, the
+    parent keeps its own, and nothing hangs (a subprocess with a timeout, so a deadlock fails instead of hanging)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", OPENCV_WORKERS], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    seen, before, after = res.stdout.strip().rsplit(" ", 2)
+    assert seen == str([1] * 10) and before == after, res.stdout
