@@ -47,9 +47,10 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state dict) that computes a single-position output as one matrix
     product over the input window it reads.
 
-    The C4 head runs res5 on pooled RoIs: at a small pooler resolution its maps are 1 x 1, where oneDNN's CPU
-    convolution is ~10x slower than the equivalent GEMM (measured fwd + bwd, 128 RoIs, 512 channels: 98 vs
-    ~10 ms). ``(N, C, H, W) -> (N, O, 1, 1)`` on that path; every other shape is the ordinary convolution.
+    The C4 head runs res5 on pooled RoIs: at a 2x2 pooler resolution its maps are 1 x 1, where oneDNN's CPU
+    convolution is far slower than the equivalent GEMM (ResNet-18 res5 on 256 RoIs, forward + backward, 2 cores:
+    38.8 ms this way vs 659.7 ms; benchmarks/RESULTS.md). ``(N, C, H, W) -> (N, O, 1, 1)`` on that path; every
+    other shape is the ordinary convolution.
     """
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
