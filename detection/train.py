@@ -117,14 +117,15 @@ def resolve_epoch_schedule(cfg: DetectionConfig, num_images: int) -> DetectionCo
 
 def evaluate(
     model: Any, cfg: DetectionConfig, *, accelerator: Any = None, dataset_name: Any = None,
-    progress: bool = True,
+    progress: bool = True, dataset: Any = None,
 ) -> dict[str, Any]:
     """Score ``model`` on ``dataset_name`` (default ``cfg.data.test``) with the dataset's metric (or
-    ``cfg.test.metric``), at the config's test size."""
+    ``cfg.test.metric``), at the config's test size. ``dataset``: that test set already built (not read again)."""
     from .data import build_test_dataset
     from .evaluation import evaluate_detector
 
-    dataset = build_test_dataset(cfg.data, dataset_name, classes=getattr(model, "class_names", None))
+    if dataset is None:
+        dataset = build_test_dataset(cfg.data, dataset_name, classes=getattr(model, "class_names", None))
     return evaluate_detector(model, dataset, metric=cfg.test.metric, batch_size=cfg.test.ims_per_batch,
                              num_workers=cfg.data.num_workers, accelerator=accelerator, progress=progress)
 
@@ -187,7 +188,8 @@ class Trainer(TrainerBase):
             self.class_names = class_names
             model = build_faster_rcnn(model_cfg, class_names=class_names, weights=load)
             # The test set is read now too: its problems show before training, and its ids go into the files.
-            test_set = build_test_dataset(cfg.data, classes=class_names)
+            # Kept for every evaluation of the run: a large annotation file is parsed once.
+            self.test_set = test_set = build_test_dataset(cfg.data, classes=class_names)
             model.dataset_meta = dataset_meta(self.dataset, test_set)
             if detector is not None:
                 logger.info("%s", init_from_detector(model, init_state, init_names, what=detector).summary())
@@ -328,7 +330,8 @@ class Trainer(TrainerBase):
 
     def _evaluate(self) -> dict[str, Any]:
         model = self.unwrapped
-        metrics = evaluate(model, self.cfg, accelerator=self.accelerator, progress=self.progress)
+        metrics = evaluate(model, self.cfg, accelerator=self.accelerator, progress=self.progress,
+                           dataset=self.test_set)
         model.train()
         return metrics
 

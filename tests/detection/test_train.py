@@ -178,3 +178,34 @@ def test_max_iter_flag_replaces_an_epoch_schedule() -> None:
                                      "synthetic-train", "--test-dataset", "synthetic-test", "--max-iter", "40"]))
     s = cfg.solver
     assert (s.max_epochs, s.max_iter, s.steps, s.step_fractions, s.warmup_iters) == (0.0, 40, (30,), (), 10)
+
+
+def test_periodic_evaluation_keeps_the_best_model_and_reads_the_test_set_once(
+        tmp_path: Path, synthetic_root: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import detection.data
+    from detection.config import load_detection_config
+    from detection.train import Trainer
+
+    calls: list[object] = []
+    build = detection.data.build_test_dataset
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(detection.data, "build_test_dataset", counting)
+    out = tmp_path / "run"
+    cfg = load_detection_config(REPO / "configs/det/synthetic_r18_c4.yaml", [
+        *TINY_TRAINING, f"data.root={synthetic_root}", "data.num_workers=0", "solver.max_iter=4", "solver.steps=[]",
+        "test.eval_period=2", "solver.checkpoint_period=4", f"output_dir={out}"])
+    result = Trainer(cfg, cpu=True, progress=False).train()
+    assert len(calls) == 1, "the test set is built once per run, not once per evaluation"
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [(e["step"], e["test/mAP"]) for e in evals if "test/mAP" in e]
+    assert [step for step, _ in evals] == [2, 4] and evals[-1][1] == result["mAP"]
+    # The periodic evaluation at 2 is the only candidate for the best model (the final one is model_final).
+    assert (out / "model_best.pth").is_file()
+    best = torch.load(out / "model_best.pth", weights_only=True)
+    assert set(best["state_dict"]) == set(torch.load(out / "model_final.pth", weights_only=True)["state_dict"])
