@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -205,9 +205,8 @@ class WorkerLoader(torch.utils.data.DataLoader):
     would oversubscribe the cores the model needs); torch already runs each worker with one thread."""
 
     def __iter__(self) -> Any:
-        if self.num_workers == 0:
-            return super().__iter__()
-        with _one_opencv_thread():  # workers are forked in here (the first call only, when persistent)
+        # Workers are forked in here (at the first call only, when persistent); without workers nothing to limit.
+        with _one_opencv_thread() if self.num_workers > 0 else nullcontext():
             return super().__iter__()
 
 

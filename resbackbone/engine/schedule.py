@@ -118,7 +118,8 @@ def parameter_groups(
 ) -> list[dict[str, Any]]:
     """Trainable parameters split into (regular, norm-and-bias) groups with their own weight decay.
 
-    The split is structural: parameters of normalization layers and every bias go to the second group.
+    The split is structural: parameters of normalization layers and every bias go to the second group. Raises
+    ``ValueError`` when nothing is trainable (an optimizer over no parameters would silently do nothing).
     """
     regular: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
@@ -130,6 +131,8 @@ def parameter_groups(
                 continue
             seen.add(id(p))
             (no_decay if is_norm or name == "bias" else regular).append(p)
+    if not regular and not no_decay:
+        raise ValueError("the model has no trainable parameters")
     groups = [{"params": regular, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": weight_decay_norm_bias})
@@ -147,8 +150,6 @@ def build_sgd(
 ) -> torch.optim.SGD:
     """The paper's SGD (section 3.4: momentum 0.9, weight decay 1e-4), without decay on norm/bias parameters."""
     groups = parameter_groups(model, weight_decay=weight_decay, weight_decay_norm_bias=weight_decay_norm_bias)
-    if not any(g["params"] for g in groups):
-        raise ValueError("the model has no trainable parameters")
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
@@ -170,8 +171,6 @@ def optimizer_from_config(model: nn.Module, solver: SolverConfig) -> torch.optim
         raise ConfigError(f"solver.adam_betas must lie in [0, 1), got {tuple(solver.adam_betas)}")
     groups = parameter_groups(model, weight_decay=solver.weight_decay,
                               weight_decay_norm_bias=solver.weight_decay_norm_bias)
-    if not any(g["params"] for g in groups):
-        raise ValueError("the model has no trainable parameters")
     # The fused kernel: one pass over the parameters (CPU, 11.7M params: 10 ms a step against 58 ms for the
     # default multi-tensor loop, measured 2026-12-01 on 2 cores).
     return torch.optim.AdamW(groups, lr=solver.base_lr, betas=(b1, b2), fused=True)
