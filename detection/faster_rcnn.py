@@ -97,6 +97,23 @@ class FasterRCNN(nn.Module):
         sizes = torch.tensor([hs, ws], device=device).T  # (N, 2)
         return batch, sizes
 
+    def padding_groups(self, images: Sequence[Tensor]) -> list[list[int]]:
+        """Indices of the images that zero-pad to the same ``(H, W)`` (multiples of ``size_divisibility``), in
+        order of first appearance.
+
+        At inference each group runs as its own batch: an image's features then see exactly the padding they see
+        when it is alone. In one batch with a larger image, every convolution near its right / bottom border
+        would read the larger padded area (non-zero after the first BN), its anchors would extend into that area
+        and compete in its top-k, and RoIAlign would interpolate across its border: detections would depend on
+        what an image is batched with (Detectron2 and torchvision batch that way).
+        """
+        d = self.size_divisibility
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            key = (int(math.ceil(int(im.shape[-2]) / d) * d), int(math.ceil(int(im.shape[-1]) / d) * d))
+            groups.setdefault(key, []).append(i)
+        return list(groups.values())
+
     def forward(
         self,
         images: Sequence[Tensor],
@@ -104,6 +121,17 @@ class FasterRCNN(nn.Module):
         *,
         orig_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if not self.training and len(images) > 1:
+            groups = self.padding_groups(images)
+            if len(groups) > 1:
+                # Each padded size as its own batch (see padding_groups), results back in the callers' order.
+                out: list[dict[str, Tensor]] = [{} for _ in images]
+                for idx in groups:
+                    sub = self.forward([images[i] for i in idx],
+                                       orig_sizes=None if orig_sizes is None else [orig_sizes[i] for i in idx])
+                    for i, det in zip(idx, sub):
+                        out[i] = det
+                return out
         batch, sizes = self.preprocess(images)
         if self.training and batch.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)

@@ -110,6 +110,18 @@ def candidates(model: nn.Module, images: Sequence[Tensor], *, refine: bool) -> t
     Returns:
         per image boxes ``(Mi, K, 4)`` XYXY input pixels and scores ``(Mi, K)``; input sizes ``(N, 2)`` (Hi, Wi).
     """
+    groups = model.padding_groups(images)
+    if len(groups) > 1:
+        # Each padded size as its own batch, as the model's forward does: an image's candidates do not depend on
+        # what it is batched with.
+        out_boxes, out_probs = [torch.empty(0)] * len(images), [torch.empty(0)] * len(images)
+        sizes_out = torch.zeros(len(images), 2, dtype=torch.int64, device=model.device)
+        for idx in groups:
+            b, p, s = candidates(model, [images[i] for i in idx], refine=refine)
+            for j, i in enumerate(idx):
+                out_boxes[i], out_probs[i] = b[j], p[j]
+            sizes_out[idx] = s.to(sizes_out)
+        return out_boxes, out_probs, sizes_out
     batch, sizes = model.preprocess(images)
     features = model.trunk(batch)
     proposals, _, _ = model.rpn(features, sizes)

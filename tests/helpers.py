@@ -22,6 +22,39 @@ REPO = Path(__file__).resolve().parents[1]
 # Real data samples next to the checkout (see shared/data/README.md); tests that need them skip without them.
 SHARED_DATA = REPO / ".." / "shared" / "data"
 
+# -------------------------------------------------------------------------------------------- numerical claims
+
+# What "the same detections" means when two float32 computations of one model are compared (another library, a
+# fused or exported copy, another batch): float32 rounding of a convolution stack differs between instruction sets
+# (oneDNN and ATen pick other kernels on AVX2, AVX-512 / AMX and the scalar fallback) and its effect on a decoded
+# box grows with the box's size, so boxes are compared to a hundredth of a pixel (Detectron2 re-run on another
+# machine moved its own boxes by up to 1.1e-3 px) and scores / logits to 1e-4. A real difference (another anchor,
+# a missed offset, a class swap) is orders of magnitude larger.
+BOX_TOL_PX = 1e-2
+SCORE_TOL = 1e-4
+
+
+def assert_same_detections(got: dict[str, Any], ref: dict[str, Any], what: str, *, box_tol: float = BOX_TOL_PX,
+                           score_tol: float = SCORE_TOL) -> None:
+    """Matched sets: every reference detection has its own detection of the same class, box within ``box_tol``
+    px and score within ``score_tol``, and the counts are equal. Two detections whose scores tie within rounding
+    may come out in either order, so the order is not compared.
+
+    Args:
+        got, ref: ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}`` tensors, arrays or lists.
+    """
+    boxes, scores, labels = (torch.as_tensor(np.asarray(got[k]), dtype=torch.float64) for k in ("boxes", "scores",
+                                                                                                "labels"))
+    ref_boxes, ref_scores, ref_labels = (torch.as_tensor(np.asarray(ref[k]), dtype=torch.float64)
+                                         for k in ("boxes", "scores", "labels"))
+    assert len(boxes) == len(ref_boxes), f"{what}: {len(boxes)} detections, reference {len(ref_boxes)}"
+    free = torch.ones(len(boxes), dtype=torch.bool)
+    for b, s, c in zip(ref_boxes.reshape(-1, 4), ref_scores, ref_labels):
+        fit = free & (labels == c) & ((scores - s).abs() <= score_tol)
+        fit &= (boxes.reshape(-1, 4) - b).abs().amax(1) <= box_tol
+        assert fit.any(), f"{what}: no match for the reference's class {int(c)} score {float(s):.5f} box {b.tolist()}"
+        free[fit.nonzero()[0, 0]] = False
+
 # ----------------------------------------------------------------------------------------------- tiny detectors
 
 # The shared tiny ResNet-18 C4 detector (fixtures tiny_detector / tiny_checkpoint): the synthetic set's classes.

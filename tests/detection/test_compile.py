@@ -11,7 +11,7 @@ import torch
 
 from detection import build_faster_rcnn
 from detection.config import load_detection_config
-from tests.helpers import probe_images, tiny_config
+from tests.helpers import BOX_TOL_PX, SCORE_TOL, probe_images, tiny_config
 
 
 def _compiler_available() -> bool:
@@ -40,6 +40,6 @@ def test_compiled_model_equals_eager_and_keeps_keys(one_thread: None) -> None:
         ref, out = eager([image])[0], compiled([image])[0]
         again = eager2([image])[0]
     assert len(ref["boxes"]) > 0 and ref["labels"].shape == out["labels"].shape
-    torch.testing.assert_close(out["scores"], ref["scores"], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out["boxes"], ref["boxes"], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out["scores"], ref["scores"], atol=SCORE_TOL, rtol=0)
+    torch.testing.assert_close(out["boxes"], ref["boxes"], atol=BOX_TOL_PX, rtol=0)
     assert torch.equal(out["labels"], ref["labels"]) and torch.equal(again["boxes"], ref["boxes"])

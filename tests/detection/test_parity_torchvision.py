@@ -19,6 +19,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from detection.backbone import build_res5_head
 from detection.roi_heads import C4BoxHead, RoIHeads
 from detection.rpn import RPN
+from tests.helpers import BOX_TOL_PX, SCORE_TOL
 
 SIZES = (16.0, 32.0, 64.0)
 RATIOS = (0.5, 1.0, 2.0)
@@ -60,7 +61,7 @@ def test_rpn_proposals_match_torchvision() -> None:
         ref_boxes, ref_scores = tv(ImageList(torch.zeros(2, 3, IMAGE, IMAGE), sizes), {"0": feats})
     for p, s, rb, rs in zip(props, logits, ref_boxes, ref_scores):
         assert p.shape == rb.shape and p.shape[0] > 10
-        torch.testing.assert_close(p, rb, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(p, rb, atol=BOX_TOL_PX, rtol=0)
         torch.testing.assert_close(torch.sigmoid(s), rs)
 
 
@@ -140,8 +141,8 @@ def test_roi_head_detections_match_torchvision() -> None:
         ref, _ = tv({"0": feats}, props, sizes)
     for d, r in zip(dets, ref):
         assert d["boxes"].shape[0] == r["boxes"].shape[0] > 5
-        torch.testing.assert_close(d["scores"], r["scores"], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(d["boxes"], r["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(d["scores"], r["scores"], atol=SCORE_TOL, rtol=0)
+        torch.testing.assert_close(d["boxes"], r["boxes"], atol=BOX_TOL_PX, rtol=0)
         assert torch.equal(d["labels"], r["labels"] - 1)  # torchvision's 1..K are our 0..K-1
 
 

@@ -13,7 +13,7 @@ from detection.faster_rcnn import FasterRCNN, build_faster_rcnn
 from detection.predictor import Predictor, list_images
 from detection.tta import resize_for_test
 from resbackbone.errors import ConfigError
-from tests.helpers import TINY_CLASSES, TINY_DETECTOR, noise_image
+from tests.helpers import BOX_TOL_PX, SCORE_TOL, TINY_CLASSES, TINY_DETECTOR, noise_image
 
 
 def test_list_images_single_file(tmp_path: Path) -> None:
@@ -59,8 +59,8 @@ def test_fold_batchnorm_keeps_detections(norm: str) -> None:
     assert n_norm > 0  # the caller's model is untouched
     assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in fused_predictor.model.modules())
     assert len(plain["boxes"]) > 0 and len(fused["boxes"]) == len(plain["boxes"])
-    torch.testing.assert_close(fused["boxes"], plain["boxes"], atol=1e-3, rtol=0)
-    torch.testing.assert_close(fused["scores"], plain["scores"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(fused["boxes"], plain["boxes"], atol=BOX_TOL_PX, rtol=0)
+    torch.testing.assert_close(fused["scores"], plain["scores"], atol=SCORE_TOL, rtol=0)
     assert torch.equal(fused["labels"], plain["labels"])
     with pytest.raises(ValueError, match="eval"):
         fold_batchnorm(model.train())

@@ -9,7 +9,7 @@ import torch
 
 from detection.faster_rcnn import FasterRCNN
 from detection.tta import TTAOptions, box_voting, candidates, parse_tta, predict_tta, resize_for_test
-from tests.helpers import noise_image
+from tests.helpers import BOX_TOL_PX, SCORE_TOL, noise_image
 
 
 def _sorted(det: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -31,8 +31,8 @@ def test_single_pass_through_tta_merging_equals_the_model(tiny_detector: FasterR
     with torch.inference_mode():
         ref = tiny_detector([resize_for_test(image, 64, 96)], orig_sizes=[(64, 96)])[0]
     assert len(ref["boxes"]) > 0 and len(got["boxes"]) == len(ref["boxes"])
-    torch.testing.assert_close(got["boxes"], ref["boxes"], atol=1e-4, rtol=0)
-    torch.testing.assert_close(got["scores"], ref["scores"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got["boxes"], ref["boxes"], atol=BOX_TOL_PX, rtol=0)
+    torch.testing.assert_close(got["scores"], ref["scores"], atol=SCORE_TOL, rtol=0)
     assert torch.equal(got["labels"], ref["labels"])
 
 
@@ -46,9 +46,9 @@ def test_flip_tta_is_mirror_equivariant(tiny_detector: FasterRCNN) -> None:
     assert len(a["boxes"]) > 0 and len(a["boxes"]) == len(b["boxes"])
     ba, sa, la = _sorted(a)
     bb, sb, lb = _sorted({**b, "boxes": _mirror(b["boxes"], 96)})
-    torch.testing.assert_close(sa, sb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sa, sb, atol=SCORE_TOL, rtol=0)
     assert torch.equal(la, lb)
-    torch.testing.assert_close(ba, bb, atol=1e-3, rtol=0)
+    torch.testing.assert_close(ba, bb, atol=BOX_TOL_PX, rtol=0)
     # And the flipped pass really contributes: flip TTA differs from the single pass.
     single = predict_tta(tiny_detector, [image], TTAOptions(scales=(64,)), min_size=64, max_size=96)[0]
     assert not (len(single["boxes"]) == len(a["boxes"]) and torch.allclose(single["boxes"], a["boxes"]))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from detection.faster_rcnn import FasterRCNN
-from tests.helpers import probe_images
+from tests.helpers import BOX_TOL_PX, SCORE_TOL, probe_images
 from tools import export_onnx
 
 ort = pytest.importorskip("onnxruntime")
@@ -40,8 +40,8 @@ def test_detector_onnx_matches_pytorch(tmp_path: Path, tiny_checkpoint: Path, ti
         assert boxes.shape == (len(ref["boxes"]), 4) and len(ref["boxes"]) > 0
         got = _canonical(boxes, scores, labels)
         exp = _canonical(ref["boxes"].numpy(), ref["scores"].numpy(), ref["labels"].numpy())
-        np.testing.assert_allclose(got[0], exp[0], atol=1e-3, rtol=0)
-        np.testing.assert_allclose(got[1], exp[1], atol=1e-3, rtol=0)
+        np.testing.assert_allclose(got[0], exp[0], atol=BOX_TOL_PX, rtol=0)
+        np.testing.assert_allclose(got[1], exp[1], atol=SCORE_TOL, rtol=0)
         np.testing.assert_array_equal(got[2], exp[2])
         counts.append(len(boxes))
     assert tiny_detector.roi_heads.detections_per_image >= max(counts)
