@@ -146,13 +146,16 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), cfg, class_names
 
 
-# Model fields that trained detector weights fix (shapes, or what the features mean): fine-tuning from a detector
-# takes them from its file instead of the config.
+# Model fields that trained detector weights fix, because they change a tensor's shape (the trunk, the anchors per
+# location, the DC5 head's fc input) or what a weight means (the stride placement, the pixel normalization the
+# filters expect, the anchors the regressions are relative to): fine-tuning from a detector takes them from its file
+# instead of the config. The pooling settings are not among them: C4's res5 head runs on any pooled size (a run may
+# pool 4x4 on CPU from a detector trained at 14x14); only DC5's fc layers fix their resolution and width.
 WEIGHT_BOUND_FIELDS: tuple[str, ...] = (
     "arch", "backbone.name", "backbone.stride_in_1x1", "backbone.shortcut", "pixel", "anchors",
-    "roi_heads.pooler_type", "roi_heads.pooler_resolution", "roi_heads.sampling_ratio", "roi_heads.aligned",
-    "roi_heads.fc_dim",
 )
+# Fields bound only for some architectures (C4 has no fc layers).
+ARCH_BOUND_FIELDS: dict[str, tuple[str, ...]] = {"DC5": ("roi_heads.pooler_resolution", "roi_heads.fc_dim")}
 # Parameters whose rows are per class (background last in cls_score): kept by class name when fine-tuning.
 _CLASS_ROWS = {"roi_heads.cls_score.weight": 1, "roi_heads.cls_score.bias": 1, "roi_heads.bbox_pred.weight": 4,
                "roi_heads.bbox_pred.bias": 4}
@@ -163,7 +166,7 @@ def adopt_architecture(cfg: ModelConfig, source: ModelConfig, *, what: str = "th
     model config); each field that changes is logged, so a config that asked for something else is not silently
     overruled."""
     out = cfg
-    for name in WEIGHT_BOUND_FIELDS:
+    for name in (*WEIGHT_BOUND_FIELDS, *ARCH_BOUND_FIELDS.get(source.arch, ())):
         parts = name.split(".")
         new = source
         old = cfg
@@ -255,6 +258,6 @@ def init_from_detector(model: nn.Module, state: Mapping[str, torch.Tensor], sour
     return InitReport(what, loaded, total, kept, [n for n in names if n not in src_index], mismatched, absent)
 
 
-__all__ = ["BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS", "InitReport",
-           "adopt_architecture", "dataset_meta", "detector_payload", "init_from_detector", "load_detector",
-           "read_detector_file", "read_detector_file_meta"]
+__all__ = ["ARCH_BOUND_FIELDS", "BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS",
+           "InitReport", "adopt_architecture", "dataset_meta", "detector_payload", "init_from_detector",
+           "load_detector", "read_detector_file", "read_detector_file_meta"]

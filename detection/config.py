@@ -173,6 +173,9 @@ class SolverConfig(BaseSolverConfig):
     # ims_per_batch), lr steps at step_fractions of it, e.g. [0.75]; resolved once the training set is known.
     max_epochs: float = 0.0
     step_fractions: tuple[float, ...] = ()
+    # With max_epochs: also write a checkpoint every this many epochs and at every evaluation (0: only every
+    # checkpoint_period), so a small set whose whole run is shorter than checkpoint_period still gets them.
+    checkpoint_epochs: float = 1.0
 
 
 @dataclass
@@ -218,8 +221,20 @@ DEFAULT_CONFIGS: dict[str, str] = {
 DEFAULT_TEST_SETS: dict[str, str] = {"synthetic-train": "synthetic-test", "synthetic-test": "synthetic-test"}
 
 
-def default_config_name(dataset: str | None) -> str:
-    """The config file name (relative to ``configs/det/``) for training on ``dataset`` (None: synthetic)."""
+# The fine-tuning recipes for a user's own data: the default (GPU-sized, the paper's resolution) and the CPU-sized one.
+RECIPES: dict[str, str] = {"default": "finetune_c4.yaml", "cpu": "finetune_c4_cpu.yaml"}
+
+
+def default_config_name(dataset: Any, recipe: str = "default") -> str:
+    """The config file name (relative to ``configs/det/``) for training on ``dataset`` (None: synthetic).
+
+    ``dataset``: a catalog name, or any description of a user's own data (a ``coco:...`` string, a mapping
+    ``{format: coco, ...}``, a list of those), which gets the fine-tuning ``recipe`` of :data:`RECIPES`.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
+    if recipe != "default":
+        return RECIPES[recipe]
     name = dataset or "synthetic-train"
     # A user's own dataset (any description that is not a catalog name): the small-dataset fine-tuning recipe.
-    return DEFAULT_CONFIGS.get(name, "finetune_c4.yaml")
+    return DEFAULT_CONFIGS.get(name, RECIPES[recipe]) if isinstance(name, str) else RECIPES[recipe]

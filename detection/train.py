@@ -22,10 +22,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from resbackbone.engine.checkpoint import check_finite_state
-from resbackbone.engine.config import from_dict, to_dict
-from resbackbone.engine.progress import Progress, check_finite
+from resbackbone.engine.config import config_differences, from_dict, to_dict
+from resbackbone.engine.progress import LossWindow, Progress, check_finite, format_eta, memory_summary
 from resbackbone.engine.schedule import build_lr_scheduler, optimizer_from_config
-from resbackbone.engine.trainer import TrainerBase
+from resbackbone.engine.trainer import TrainerBase, TrainingInterrupted
 from resbackbone.errors import ConfigError
 from resbackbone.serialization import atomic_torch_save
 
@@ -42,8 +42,17 @@ from .checkpoint import (
 from .config import DetectionConfig
 
 logger = logging.getLogger("detection.train")
-# Iterations between two metrics.jsonl records.
+# Iterations between two metrics.jsonl records / log lines, and the window their losses are smoothed over
+# (Detectron2's 20).
 LOG_PERIOD = 20
+# A CPU run estimated (from its first steps) to take longer than this is told about the CPU-sized recipe.
+LONG_CPU_RUN_S = 3600.0
+# Steps timed for that estimate, after the first (which pays for allocation and warm-up).
+ESTIMATE_STEPS = 3
+CPU_RECIPE = "configs/det/finetune_c4_cpu.yaml"
+# Config keys whose change between a checkpoint and its resume is expected (the schedule, the evaluation, where
+# the folder now is, how many loader workers this machine runs).
+RESUME_FREE_KEYS = ("solver.", "test.", "output_dir", "data.num_workers")
 
 
 def check_config(cfg: DetectionConfig) -> DetectionConfig:
@@ -150,7 +159,7 @@ class Trainer(TrainerBase):
         progress: bool = True,
         stop_after: int | None = None,
     ) -> None:
-        from .data import build_test_dataset, build_train_dataset
+        from .data import build_test_dataset, build_train_dataset, verify_images, warn_shared_images
         from .faster_rcnn import FROM_CONFIG, build_faster_rcnn, read_backbone_weights, resolve_model_config
 
         cfg = check_config(cfg)
@@ -167,14 +176,19 @@ class Trainer(TrainerBase):
                                "pass, not the whole batch", self.plan.accumulation, self.plan.micro)
             class_names = tuple(self.dataset.class_names)
             model_cfg = cfg.model
-            if model_cfg.num_classes != len(class_names):
-                logger.info("model.num_classes follows the training set: %d -> %d", model_cfg.num_classes,
-                            len(class_names))
-                model_cfg = replace(model_cfg, num_classes=len(class_names))
             detector = model_cfg.weights if model_cfg.weights != "none" else None
             if detector is not None:
                 # Fine-tuning a trained detector: its architecture, then its tensors; ImageNet weights are not read.
                 init_cfg, init_names, init_state = read_detector_file(detector)
+                # The source's real class count (its file's list), not the config's default.
+                source_count = len(init_names) or init_cfg.model.num_classes
+                logger.info("model.num_classes = %d, from the training set (%s was trained on %d class(es))",
+                            len(class_names), detector, source_count)
+            elif model_cfg.num_classes != len(class_names):
+                logger.info("model.num_classes = %d, from the training set (the config said %d)", len(class_names),
+                            model_cfg.num_classes)
+            model_cfg = replace(model_cfg, num_classes=len(class_names))
+            if detector is not None:
                 model_cfg = adopt_architecture(model_cfg, init_cfg.model, what=detector)
                 weights = None
                 load: Any = None
@@ -190,6 +204,8 @@ class Trainer(TrainerBase):
             # The test set is read now too: its problems show before training, and its ids go into the files.
             # Kept for every evaluation of the run: a large annotation file is parsed once.
             self.test_set = test_set = build_test_dataset(cfg.data, classes=class_names)
+            warn_shared_images(self.dataset, test_set)
+            verify_images(self.dataset, self.output_dir)
             model.dataset_meta = dataset_meta(self.dataset, test_set)
             if detector is not None:
                 logger.info("%s", init_from_detector(model, init_state, init_names, what=detector).summary())
@@ -202,6 +218,7 @@ class Trainer(TrainerBase):
             self.prepare(model, optimizer, scheduler)
             self.best: dict[str, Any] = {}
             self.data_counts = {"boxes_dropped": 0, "images_skipped": 0}
+            self.window = LossWindow(LOG_PERIOD)
             if resume:
                 self.resume()
             self.write_config()
@@ -209,13 +226,29 @@ class Trainer(TrainerBase):
     # -------------------------------------------------------------------------------------------- checkpoints
 
     def extra_state(self) -> dict[str, Any]:
-        return {"best": dict(self.best)}
+        return {"best": dict(self.best), "loss_window": self.window.state()}
+
+    def check_resumable(self, ckpt: dict[str, Any], path: Any) -> None:
+        """A folder holding a run on other classes (another dataset) is refused in one line: its classifier has
+        other shapes and its schedule belongs to that data."""
+        saved = [str(n) for n in ckpt.get("class_names") or []]
+        if not saved or saved == list(self.class_names):
+            return
+        differs = [f"classes {_names(saved)} vs this run's {_names(self.class_names)}"]
+        saved_train = (ckpt.get("config") or {}).get("data", {}).get("train")
+        if saved_train is not None and saved_train != to_dict(self.cfg)["data"]["train"]:
+            differs.append(f"dataset {_spec_text(saved_train)} vs {_spec_text(self.cfg.data.train)}")
+        raise ConfigError(f"{path}: --resume refused: that run is on other data ({'; '.join(differs)}); choose "
+                          "another --output-dir, or --overwrite to replace it")
 
     def load_extra_state(self, ckpt: dict[str, Any]) -> None:
         saved = from_dict(DetectionConfig, upgrade_config_dict(ckpt["config"]))
-        if to_dict(replace(saved, solver=self.cfg.solver, test=self.cfg.test)) != to_dict(self.cfg):
-            logger.warning("resuming with a config that differs from the checkpoint's (model/data)")
+        differs = config_differences(saved, self.cfg, ignore=RESUME_FREE_KEYS)
+        if differs:
+            logger.warning("resuming with a config that differs from the checkpoint's in %d field(s): %s",
+                           len(differs), "; ".join(differs[:8]) + ("; ..." if len(differs) > 8 else ""))
         self.best = dict(ckpt.get("best") or {})
+        self.window.load(ckpt.get("loss_window") or [])
         # The lr of this invocation applies: a run resumed with another solver.base_lr (e.g. after a divergence)
         # must not continue at the checkpoint's. Unchanged, this recomputes exactly the lr the scheduler had.
         base, old = self.cfg.solver.base_lr, list(self.scheduler.base_lrs)
@@ -246,7 +279,10 @@ class Trainer(TrainerBase):
         return images, targets
 
     def train(self) -> dict[str, Any]:
-        """Run to ``solver.max_iter`` (or ``stop_after``), evaluate at the end; returns the final metrics."""
+        """Run to ``solver.max_iter`` (or ``stop_after``), evaluate at the end; returns the final metrics.
+
+        SIGINT / SIGTERM stop the run at the next step boundary with a checkpoint of that step, then raise
+        :class:`~resbackbone.engine.trainer.TrainingInterrupted` (``--resume`` continues exactly from it)."""
         cfg, acc, s = self.cfg, self.accelerator, self.cfg.solver
         if self.start_iter >= s.max_iter:
             logger.info("checkpoint is already at max_iter=%d: nothing to train", s.max_iter)
@@ -256,21 +292,46 @@ class Trainer(TrainerBase):
         bar = Progress(s.max_iter, initial=self.start_iter, images_per_step=s.ims_per_batch, device=acc.device,
                        enabled=self.progress)
         last_iter = self.start_iter
+        step_times: list[float] = []
         try:
-            for it in range(self.start_iter, s.max_iter):
-                t0 = time.perf_counter()
-                stats = self._step(batches, it)
-                last_iter = it + 1
-                terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in stats.items() if k.startswith("loss_"))
-                bar.step(time.perf_counter() - t0, f"loss {stats['loss']:.3f} ({terms}) lr {stats['lr']:.2e}")
-                if last_iter % LOG_PERIOD == 0 or last_iter == s.max_iter:
-                    self.metrics.write(last_iter, {**stats, "seconds_per_iter": bar.mean_step()})
-                if cfg.test.eval_period > 0 and last_iter % cfg.test.eval_period == 0 and last_iter < s.max_iter:
-                    self._periodic_eval(last_iter)
-                if last_iter % s.checkpoint_period == 0 or last_iter == s.max_iter:
-                    self.save_checkpoint(last_iter)
-                if self.stop_after is not None and last_iter >= self.stop_after:
-                    break
+            with self.stop_on_signals():
+                if self.start_iter < s.max_iter:
+                    logger.info("training iterations %d..%d (Ctrl-C stops after the current step with a checkpoint)",
+                                self.start_iter + 1, s.max_iter)
+                for it in range(self.start_iter, s.max_iter):
+                    t0 = time.perf_counter()
+                    stats = self._step(batches, it)
+                    last_iter = it + 1
+                    seconds = time.perf_counter() - t0
+                    step_times.append(seconds)
+                    self.window.add({k: v for k, v in stats.items() if k.startswith("loss") or k == "data_time"})
+                    terms = " ".join(f"{k[5:]} {v:.3f}" for k, v in stats.items() if k.startswith("loss_"))
+                    bar.step(seconds, f"loss {stats['loss']:.3f} ({terms}) lr {stats['lr']:.2e}")
+                    if len(step_times) == ESTIMATE_STEPS + 1:
+                        self._warn_if_long_on_cpu(sum(step_times[1:]) / ESTIMATE_STEPS, s.max_iter - last_iter)
+                    if last_iter % LOG_PERIOD == 0 or last_iter == s.max_iter:
+                        self._log(last_iter, stats, bar.mean_step())
+                    evaluated = (cfg.test.eval_period > 0 and last_iter % cfg.test.eval_period == 0
+                                 and last_iter < s.max_iter)
+                    if evaluated:
+                        self._periodic_eval(last_iter)
+                    saved = self._checkpoint_due(last_iter, evaluated)
+                    if saved:
+                        self.save_checkpoint(last_iter)
+                    signum = self.stop_requested()
+                    if signum is not None and last_iter < s.max_iter:
+                        if last_iter % LOG_PERIOD:  # the step it stopped at is in the log, as a resume starts there
+                            self._log(last_iter, stats, bar.mean_step())
+                        if not saved:
+                            self.save_checkpoint(last_iter)
+                        raise TrainingInterrupted(last_iter, signum)
+                    if self.stop_after is not None and last_iter >= self.stop_after:
+                        break
+        except TrainingInterrupted:
+            bar.close()
+            self.metrics.write_table(plot=True)
+            self.close()
+            raise
         finally:
             bar.close()
         train_seconds = time.perf_counter() - start_time
@@ -281,14 +342,79 @@ class Trainer(TrainerBase):
                         counts["images_skipped"])
         result: dict[str, Any] = {"iteration": last_iter, "train_seconds": train_seconds}
         if last_iter >= s.max_iter:
-            if self.start_iter < s.max_iter or not (self.output_dir / FINAL_WEIGHTS_NAME).exists():
+            finished_before = self.start_iter >= s.max_iter
+            if not finished_before or not (self.output_dir / FINAL_WEIGHTS_NAME).exists():
                 self._save_weights(FINAL_WEIGHTS_NAME)
             metrics = self._evaluate()
             result.update(metrics)
-            if acc.is_main_process and metrics:
-                self.metrics.write(last_iter, {f"test/{k}": v for k, v in metrics.items() if _is_number(v)})
+            # A run resumed after its end evaluates again but does not log the same step twice.
+            if acc.is_main_process and metrics and not finished_before:
+                self._write_eval(last_iter, metrics)
+        self.metrics.write_table(plot=True)
         self.close()
         return result
+
+    # ------------------------------------------------------------------------------------------- feedback
+
+    def epoch(self, iteration: int) -> float:
+        """Epochs of the training set seen after ``iteration`` steps."""
+        return iteration * self.cfg.solver.ims_per_batch / max(len(self.dataset), 1)
+
+    def _checkpoint_due(self, iteration: int, evaluated: bool) -> bool:
+        """Every ``checkpoint_period`` and at the end; with an epoch schedule also at every evaluation and every
+        ``checkpoint_epochs`` epochs, so a small set that never reaches ``checkpoint_period`` has checkpoints."""
+        s = self.cfg.solver
+        if iteration % s.checkpoint_period == 0 or iteration == s.max_iter:
+            return True
+        if s.max_epochs <= 0:
+            return False
+        if evaluated:
+            return True
+        if s.checkpoint_epochs <= 0:
+            return False
+        # A multiple of checkpoint_epochs was crossed by this step (epochs rarely end on a step boundary).
+        return math.floor(self.epoch(iteration) / s.checkpoint_epochs + 1e-9) > \
+            math.floor(self.epoch(iteration - 1) / s.checkpoint_epochs + 1e-9)
+
+    def _log(self, iteration: int, stats: dict[str, float], seconds_per_iter: float) -> None:
+        """A ``metrics.jsonl`` record (+ ``results.csv``) of the smoothed window, and without a progress bar a log
+        line like Detectron2's: loss terms, lr, s/it, data time, ETA, memory."""
+        w = self.window
+        losses = [k for k in stats if k.startswith("loss")]
+        record: dict[str, Any] = {"epoch": round(self.epoch(iteration), 4)}
+        # Medians over the window (one odd batch does not make the curve), and the means beside them.
+        record.update({k: w.median(k) for k in losses})
+        record.update({f"{k}_mean": w.mean(k) for k in losses})
+        record.update(lr=stats["lr"], seconds_per_iter=seconds_per_iter, data_time=w.median("data_time"),
+                      **{k: stats[k] for k in self.data_counts})
+        self.metrics.write(iteration, record)
+        self.metrics.write_table()
+        if self.progress or not self.accelerator.is_main_process:
+            return
+        s = self.cfg.solver
+        terms = " ".join(f"{k[5:]} {record[k]:.3f}" for k in losses if k.startswith("loss_"))
+        logger.info("iter %d/%d  epoch %.2f  loss %.3f (%s)  lr %.2e  %.3f s/it (data %.3f)  eta %s  mem %s",
+                    iteration, s.max_iter, record["epoch"], record["loss"], terms, stats["lr"], seconds_per_iter,
+                    record["data_time"], format_eta((s.max_iter - iteration) * seconds_per_iter),
+                    memory_summary(self.accelerator.device))
+
+    def _warn_if_long_on_cpu(self, seconds_per_iter: float, remaining: int) -> None:
+        """Once per run: a CPU run that would take hours says so and names the CPU-sized recipe."""
+        eta = seconds_per_iter * remaining
+        if self.accelerator.device.type != "cpu" or eta < LONG_CPU_RUN_S or not self.accelerator.is_main_process:
+            return
+        logger.warning("this run needs about %s on the CPU (%.2f s/iteration x %d iterations left); the CPU-sized "
+                       "recipe (tools/train_det.py --recipe cpu, %s) is made for it, or shorten it with --epochs / "
+                       "--imgsz", format_eta(eta), seconds_per_iter, remaining, CPU_RECIPE)
+
+    def _write_eval(self, iteration: int, metrics: dict[str, Any]) -> None:
+        """The evaluation's numbers and per-class AP (``test/AP/<class>``, null without ground truth) as one
+        record; the curves figure is redrawn."""
+        record: dict[str, Any] = {"epoch": round(self.epoch(iteration), 4)}
+        record.update({f"test/{k}": v for k, v in metrics.items() if _is_number(v)})
+        record.update({f"test/AP/{name}": ap for name, ap in (metrics.get("per_class") or {}).items()})
+        self.metrics.write(iteration, record)
+        self.metrics.write_table(plot=True)
 
     def _step(self, batches: Iterator[Any], it: int) -> dict[str, float]:
         """One optimizer step on this process's slice of global batch ``it``, in ``plan.accumulation`` passes.
@@ -299,7 +425,9 @@ class Trainer(TrainerBase):
         """
         acc, s, plan = self.accelerator, self.cfg.solver, self.plan
         totals: dict[str, float] = {}
+        t0 = time.perf_counter()
         all_images, all_targets = next(batches)
+        data_time = time.perf_counter() - t0
         for micro, start in enumerate(range(0, plan.per_process, plan.micro)):
             images, targets = self._to_device(all_images[start:start + plan.micro],
                                               all_targets[start:start + plan.micro])
@@ -325,6 +453,7 @@ class Trainer(TrainerBase):
         self.scheduler.step()
         totals["loss"] = sum(v for k, v in totals.items() if k.startswith("loss_"))
         totals["lr"] = lr
+        totals["data_time"] = data_time  # waiting for the loader: >> 0 means the data, not the model, is slow
         totals.update(self.data_counts)  # running totals of this process since the start (or resume)
         return totals
 
@@ -339,7 +468,7 @@ class Trainer(TrainerBase):
         metrics = self._evaluate()
         if not self.accelerator.is_main_process or not metrics:
             return
-        self.metrics.write(iteration, {f"test/{k}": v for k, v in metrics.items() if _is_number(v)})
+        self._write_eval(iteration, metrics)
         score = float(metrics.get("mAP", float("nan")))
         if math.isfinite(score) and score > float(self.best.get("mAP", -1.0)):
             self.best = {"mAP": score, "iteration": iteration}
@@ -359,6 +488,20 @@ class Trainer(TrainerBase):
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _names(names: Any) -> str:
+    names = list(names)
+    return f"{len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+
+
+def _spec_text(spec: Any) -> str:
+    from .data.catalog import describe_spec
+
+    try:
+        return describe_spec(spec)
+    except Exception:  # noqa: BLE001 - a saved description this version cannot parse is still shown as written
+        return str(spec)
 
 
 __all__ = ["BatchPlan", "Trainer", "batch_plan", "check_config", "evaluate", "resolve_epoch_schedule"]

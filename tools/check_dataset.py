@@ -5,12 +5,14 @@
     python tools/check_dataset.py voc:my_folder --classes classes.txt
     python tools/check_dataset.py yolo:data.yaml:val --json > report.json
     python tools/check_dataset.py voc07-test --data-root /data     # the named sets too
+    python tools/check_dataset.py my_folder --split val --draw 8 --output gt_drawn/   # look at the boxes
 
 Prints a table (images / boxes / crowd / difficult per class, images without boxes) and the errors (unreadable,
 missing or undecodable images, sizes that disagree with the annotation, EXIF-rotated photos among them,
 duplicate ids, unknown classes, malformed boxes) and warnings (tiny, zero-area or out-of-image boxes). Exit code
 1 when there are errors, 2 when the description itself is wrong. Training runs the annotation checks itself and
 stops on errors (or skips and counts them with data.skip_bad=true); this tool also decodes every image.
+``--draw N --output DIR`` writes N images spread over the set with their ground-truth boxes and class names.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # Running from a source checkout without installing must find the packages too.
@@ -35,14 +38,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classes", help="class list for a VOC-style folder: a file (one per line) or a,b,c "
                                      "(default: the names found in its XML, sorted)")
     p.add_argument("--data-root", help="data root for the named sets (default: $RESDET_DATA_ROOT or datasets/)")
-    p.add_argument("--split", choices=("train", "test"), default="train",
-                   help="which side a description without a split means (a YOLO set's train or val)")
+    p.add_argument("--split", choices=("train", "val", "test"), default="train",
+                   help="which split a description without one means: a YOLO set's train / val / test, a "
+                        "VOC-style folder's ImageSets/Main list (train: train else trainval; val: val else test)")
     p.add_argument("--min-box-size", type=float, default=2.0, help="warn about boxes with a side under this (px)")
     p.add_argument("--no-decode", action="store_true",
                    help="read only the image headers (size, orientation), not every pixel: faster, misses "
                         "corrupt image data")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
-    return p.parse_args(argv)
+    p.add_argument("--draw", type=int, default=0, metavar="N",
+                   help="draw N images (spread over the set) with their ground-truth boxes and class names")
+    p.add_argument("--output", type=Path, help="folder for the --draw images")
+    args = p.parse_args(argv)
+    if args.draw < 0 or (args.draw and args.output is None):
+        p.error("--draw N needs N >= 0 and --output DIR")
+    return args
+
+
+# Images whose longer side is under this (px) are enlarged for drawing, so the captions stay readable.
+MIN_DRAW_SIDE = 480
+
+
+def draw_samples(dataset: Any, num: int, output: Path) -> list[Path]:
+    """Write ``num`` images of ``dataset`` (evenly spaced over its records) with their ground truth drawn."""
+    import cv2
+    import numpy as np
+
+    from detection.data.transforms import decode_image
+    from detection.visualize import draw_detections
+    from resbackbone.errors import DataError
+
+    output.mkdir(parents=True, exist_ok=True)
+    picks = sorted({round(i) for i in np.linspace(0, len(dataset.records) - 1, min(num, len(dataset.records)))})
+    written = []
+    for i in picks:
+        r = dataset.records[i]
+        try:
+            image = decode_image(r.file)
+        except DataError as e:
+            print(f"check_dataset: not drawn: {e}", file=sys.stderr)
+            continue
+        scale = max(1, MIN_DRAW_SIDE // max(image.shape[:2]))
+        if scale > 1:  # nearest-neighbour: the pixels the boxes were drawn on, only bigger
+            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        drawn = draw_detections(image, r.boxes * scale, r.labels, None, dataset.class_names)
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(r.image_id))
+        path = output / f"{i:05d}_{stem}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         classes = read_class_list(args.classes) if args.classes else None
         problems = collecting()
         dataset = build_dataset(args.dataset, args.data_root, train=args.split == "train", filter_empty=False,
-                                classes=classes, problems=problems)
+                                classes=classes, problems=problems, side=args.split)
         report = check_dataset(dataset, problems, decode=not args.no_decode, min_box_size=args.min_box_size)
     except InputError as e:
         print(f"check_dataset: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report.as_dict(), indent=1) if args.json else report.format())
+    if args.draw:
+        written = draw_samples(dataset, args.draw, args.output)
+        print(f"{len(written)} image(s) with their ground truth drawn in {args.output}", file=sys.stderr)
     return 0 if report.ok else 1
 
 

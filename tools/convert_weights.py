@@ -77,10 +77,33 @@ def convert_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def our_detector_format(path: str) -> str | None:
+    """The "format" of ``path`` when it is one of our detector files or training checkpoints, else None (also for
+    files torch cannot read safely: a Detectron2 pickle is not ours)."""
+    import zipfile
+
+    from resbackbone.errors import CheckpointError
+    from resbackbone.serialization import load_torch_file
+
+    if not zipfile.is_zipfile(path):  # ours are torch.save's zip archives; the model zoo's .pkl files are not
+        return None
+    try:
+        data = load_torch_file(path)
+    except (CheckpointError, OSError):
+        return None
+    fmt = data.get("format") if isinstance(data, dict) else None
+    return fmt if isinstance(fmt, str) and fmt.startswith("resnet-det/") else None
+
+
 def convert_detector(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from detection.detectron2 import Detectron2Options, convert_detectron2, save_converted
+
+    fmt = our_detector_format(args.detectron2)
+    if fmt is not None:
+        raise ConfigError(f"--detectron2 {args.detectron2}: already one of our detector files ({fmt}); use it as it "
+                          "is (tools/train_det.py --init-from, infer.py / eval_det.py --checkpoint)")
 
     names = None
     if args.class_names:

@@ -9,6 +9,9 @@
     python tools/train_det.py --config my.yaml --init-from r50_c4_coco.pth   # fine-tune a trained detector
     python tools/train_det.py --dataset coco:train.json:images/ --test-dataset coco:val.json:images/ \
         --init-from r50_c4_coco.pth                                # your own data (configs/det/finetune_c4.yaml)
+    python tools/train_det.py --dataset voc:my_set --recipe cpu --epochs 12 --imgsz 320 --batch 4   # on a CPU
+
+Ctrl-C (or SIGTERM) stops at the end of the current step with a checkpoint; ``--resume`` continues from it.
 
 Free ``key=value`` arguments override any config field (``solver.base_lr=0.01 model.rpn.nms_thresh=0.6``);
 unknown keys are rejected with their name. The resolved config goes to ``<output-dir>/config.yaml`` and into
@@ -33,15 +36,24 @@ from detection.backbone import RESNET_NAMES  # noqa: E402
 from detection.config import (  # noqa: E402
     DEFAULT_CONFIGS,
     DEFAULT_TEST_SETS,
+    RECIPES,
     DetectionConfig,
     default_config_name,
     load_detection_config,
 )
-from detection.data.catalog import canonical_spec, default_test_spec, describe_spec, read_class_list  # noqa: E402
+from detection.data.catalog import (  # noqa: E402
+    canonical_spec,
+    default_test_spec,
+    describe_spec,
+    parse_dataset_spec,
+    read_class_list,
+)
 from resbackbone.engine.checkpoint import CheckpointManager  # noqa: E402
+from resbackbone.engine.config import parse_overrides  # noqa: E402
 from resbackbone.engine.progress import NonFiniteLossError  # noqa: E402
 from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule  # noqa: E402
-from resbackbone.errors import InputError  # noqa: E402
+from resbackbone.engine.trainer import TrainingInterrupted  # noqa: E402
+from resbackbone.errors import ConfigError, InputError  # noqa: E402
 
 CONFIG_DIR = REPO / "configs" / "det"
 
@@ -49,6 +61,9 @@ CONFIG_DIR = REPO / "configs" / "det"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: the paper's setting for --dataset, see configs/det)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="fine-tuning recipe for your own data: default (configs/det/finetune_c4.yaml) or cpu "
+                        "(configs/det/finetune_c4_cpu.yaml: ResNet-18, small images, few RoIs, AdamW)")
     p.add_argument("--dataset", help="training set: a name (voc07+12, coco2017-train; default synthetic-train) or "
                                      "your own: coco:ANN.json:IMAGE_DIR, voc:FOLDER[:SPLIT], yolo:DATA.yaml[:SPLIT]")
     p.add_argument("--test-dataset", help="evaluation set, same forms (default: from the config; a YOLO set's "
@@ -63,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", help="data root (default: $RESDET_DATA_ROOT or the repo's datasets/)")
     p.add_argument("--output-dir", help="checkpoints, logs, metrics, resolved config")
     p.add_argument("--max-iter", type=int, help="iterations; the lr steps keep their relative positions")
+    p.add_argument("--epochs", type=float, help="epochs of the training set (solver.max_epochs); the lr steps "
+                                                "keep their relative positions")
+    p.add_argument("--imgsz", type=int, help="image size: the shorter side in training and test, in pixels "
+                                             "(data.min_size_train=[N], data.min_size_test=N)")
+    p.add_argument("--batch", type=int, help="images per step (solver.ims_per_batch); the lr follows by the "
+                                             "linear scaling rule")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --output-dir (its checkpoints, final weights and metrics)")
@@ -75,23 +96,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
+# Folder and file names that say nothing about a dataset (an export's split folder, the usual JSON names): the
+# default output folder is named after the first meaningful one above them.
+_GENERIC_NAMES = {"annotations", "annotation", "annots", "instances", "labels", "images", "train", "training",
+                  "val", "valid", "validation", "test", "data", "dataset", "datasets", "export", "coco", "voc",
+                  "yolo", "trainval", "default", "json"}
+
+
+def _override_value(overrides: list[str], key: str) -> object:
+    """The value a ``key=value`` override gives ``key`` (dotted), or None."""
+    node: object = parse_overrides(overrides)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def dataset_label(spec: object) -> str:
+    """A folder-name-safe name for a user's dataset: its folder, or its JSON / YAML file's stem when that is not
+    a generic name (``pets/train/_annotations.coco.json`` -> ``pets``)."""
+    path = Path(parse_dataset_spec(spec)[0].path).expanduser().resolve()
+    # A file's name up to its first dot ("_annotations.coco.json" -> "_annotations"), then the folders above it.
+    names = [path.name.split(".")[0] if path.suffix else path.name, *(q.name for q in path.parents)]
+    for name in (n.strip("_-. ") for n in names):
+        if name and not set(name.lower().replace("-", "_").split("_")) <= _GENERIC_NAMES:
+            return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    return "dataset"
+
+
 def resolve_config(args: argparse.Namespace) -> DetectionConfig:
     """Config file <- overrides <- dedicated flags, then the linear lr scaling rule and ``--max-iter``."""
-    path = Path(args.config) if args.config else CONFIG_DIR / default_config_name(args.dataset)
+    # The training set named on the command line: --dataset, or data.train=... among the overrides (both choose
+    # the fine-tuning recipe for own data, not the synthetic one).
+    train_override = _override_value(args.overrides, "data.train")
+    train_spec = args.dataset or train_override
+    if args.config and args.recipe:
+        raise ConfigError("--recipe chooses the config file; give either --recipe or --config, not both")
+    name = default_config_name(train_spec, args.recipe or "default")
+    path = Path(args.config) if args.config else CONFIG_DIR / name
     cfg = load_detection_config(path, args.overrides)
+    own_data = train_spec is not None and not (isinstance(train_spec, str) and train_spec in DEFAULT_CONFIGS)
     data = cfg.data
     if args.dataset:
         data = replace(data, train=args.dataset)
         if not args.test_dataset and args.dataset in DEFAULT_TEST_SETS:
             data = replace(data, test=DEFAULT_TEST_SETS[args.dataset])
-        elif not args.test_dataset and args.dataset not in DEFAULT_CONFIGS:
-            data = replace(data, test=default_test_spec(args.dataset))
+    if own_data and not args.test_dataset and _override_value(args.overrides, "data.test") is None and (
+            args.dataset or data.test is None):
+        data = replace(data, test=default_test_spec(data.train))
+    if data.train is None:
+        raise ConfigError(f"{path} names no training set: pass --dataset (or data.train=...)")
     if args.test_dataset:
         data = replace(data, test=args.test_dataset)
     if args.classes:
         data = replace(data, classes=read_class_list(args.classes))
     if args.data_root:
         data = replace(data, root=args.data_root)
+    if args.imgsz is not None:
+        if args.imgsz < 1:
+            raise ConfigError(f"--imgsz must be >= 1, got {args.imgsz}")
+        # The long-side caps keep their ratio to the short side's old value, so shapes stay as the recipe meant.
+        n = args.imgsz
+        data = replace(data, min_size_train=(n,), min_size_test=n,
+                       max_size_train=max(n, round(data.max_size_train * n / max(data.min_size_train))),
+                       max_size_test=max(n, round(data.max_size_test * n / data.min_size_test)))
     # Absolute paths in the resolved config: a resume or an evaluation from another directory finds the data.
     data = replace(data, train=canonical_spec(data.train, "data.train"), test=canonical_spec(data.test, "data.test"))
     bb = cfg.model.backbone
@@ -112,7 +181,26 @@ def resolve_config(args: argparse.Namespace) -> DetectionConfig:
     cfg = replace(cfg, data=data, model=model)
     if args.output_dir:
         cfg = replace(cfg, output_dir=args.output_dir)
-    solver = apply_linear_scaling(cfg.solver)
+    elif own_data and cfg.output_dir == f"output/{path.stem}" and _override_value(args.overrides, "output_dir") is None:
+        # The recipe's generic folder would hold every dataset's run: name it after the data instead.
+        cfg = replace(cfg, output_dir=f"output/{dataset_label(data.train)}_{path.stem.removeprefix('finetune_')}")
+    solver = cfg.solver
+    if args.batch is not None:
+        if args.batch < 1:
+            raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+        # The recipe's lr / schedule were written for its own batch size: the linear scaling rule moves them.
+        solver = replace(solver, ims_per_batch=args.batch,
+                         reference_ims_per_batch=solver.reference_ims_per_batch or solver.ims_per_batch)
+    if args.epochs is not None:
+        if args.max_iter is not None:
+            raise ConfigError("--epochs and --max-iter both set the run's length; give one")
+        if args.epochs <= 0:
+            raise ConfigError(f"--epochs must be > 0, got {args.epochs}")
+        fractions = solver.step_fractions
+        if not solver.max_epochs and solver.max_iter > 0:  # an iteration schedule: its steps keep their places
+            fractions = tuple(st / solver.max_iter for st in solver.steps if 0 < st < solver.max_iter)
+        solver = replace(solver, max_epochs=args.epochs, step_fractions=fractions)
+    solver = apply_linear_scaling(solver)
     if args.max_iter is not None and solver.max_epochs > 0:
         # An explicit iteration count replaces an epoch schedule; its lr steps keep their fractions.
         n = args.max_iter
@@ -164,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        # The checkpoint of that step is written; the usual exit status of a run ended by this signal.
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # before the first step or during the final evaluation: no traceback either
+        latest = CheckpointManager(cfg.output_dir).latest() if "cfg" in locals() else None
+        print("interrupted" + (f"; the last checkpoint is {latest} (`--resume` continues from it)" if latest
+                               else " before any checkpoint was written"), file=sys.stderr)
+        return 130
     except NonFiniteLossError as e:
         latest = CheckpointManager(cfg.output_dir).latest()
         kept = f"the last good checkpoint is {latest}" if latest else f"no checkpoint was written to {cfg.output_dir}"

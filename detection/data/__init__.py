@@ -13,9 +13,10 @@ from .catalog import (
     build_train_dataset,
     get_data_root,
 )
+from .check import shared_images, verify_images, warn_shared_images
 from .loader import build_test_loader, build_train_loader, collate
 from .synthetic import SYNTHETIC_CLASSES, generate_synthetic
-from .transforms import DetectionTransform, decode_image, resize_scale
+from .transforms import DetectionTransform, decode_image, read_image, resize_scale
 from .voc import VOC_CLASSES
 
 __all__ = [
@@ -39,5 +40,9 @@ __all__ = [
     "decode_image",
     "generate_synthetic",
     "get_data_root",
+    "read_image",
     "resize_scale",
+    "shared_images",
+    "verify_images",
+    "warn_shared_images",
 ]

@@ -136,8 +136,9 @@ class DetectionDataset(Dataset):
         return [r.image_id for r in self.records]
 
     def aspect_ratios(self) -> list[float]:
-        """Width / height of every image, from the annotations (no decoding)."""
-        return [r.width / r.height for r in self.records]
+        """Width / height of every image, from the annotations (no decoding); 1 for an image of unknown size
+        (grouping is an optimization: a wrong group costs padding, not correctness)."""
+        return [r.width / r.height if r.width > 0 and r.height > 0 else 1.0 for r in self.records]
 
     def get_ground_truth(self, index: int) -> dict[str, Any]:
         """All ground truth of an image (difficult included) in ORIGINAL pixels, for evaluation."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +21,20 @@ from resbackbone.errors import ConfigError, DataError
 from ..config import DataConfig
 from .base import DetectionDataset, Record
 from .coco import load_coco, load_coco_records
-from .custom import Problems, collect_voc_classes, collecting, load_voc_folder, load_yolo, voc_folder_ids
-from .synthetic import GENERATOR_VERSION, MARKER, SYNTHETIC_CLASSES, generate_synthetic
+from .custom import (
+    Problems,
+    collect_voc_classes,
+    collecting,
+    default_voc_split,
+    find_voc_layout,
+    image_size,
+    is_voc_folder,
+    load_voc_folder,
+    load_yolo,
+    read_yolo_yaml,
+    voc_folder_ids,
+)
+from .synthetic import GENERATOR_VERSION, MARKER, SUPERSEDED_DEFAULTS, SYNTHETIC_CLASSES, generate_synthetic
 from .voc import VOC_CLASSES, load_voc_records
 
 # name -> [(VOC year, split)]
@@ -50,6 +62,10 @@ COCO_SETS: dict[str, tuple[str, str]] = {
 SYNTHETIC_SETS = ("synthetic-train", "synthetic-test")
 DATASET_NAMES: tuple[str, ...] = (*VOC_SETS, *COCO_SETS, *SYNTHETIC_SETS)
 logger = logging.getLogger("detection.data")
+# Keys of a description mapping that hold paths (made relative to a description file's folder).
+PATH_KEYS = ("ann_file", "image_dir", "root", "data", "ann_dir")
+# How many of a COCO set's file names are looked up to find its image folder.
+COCO_PROBE = 20
 
 
 def get_data_root(root: str | Path | None = None) -> Path:
@@ -62,12 +78,15 @@ def ensure_synthetic(root: Path) -> Path:
 
     A current tree made with non-default parameters (e.g. a smaller one for tests, via :func:`generate_synthetic`)
     is used as it is, and an outdated one is regenerated with its own parameters: only the drawing code changed.
+    A tree made with an earlier version's default parameters is replaced by the current default tree.
     """
     params: dict[str, Any] = {}
     try:
         marker = json.loads((root / "synthetic" / MARKER).read_text())
         params = {k: int(marker[k]) for k in ("num_train", "num_test", "image_size", "seed")}
-        if marker.get("version") == GENERATOR_VERSION:
+        if params in SUPERSEDED_DEFAULTS:
+            params = {}
+        elif marker.get("version") == GENERATOR_VERSION:
             return root / "synthetic"
     except (OSError, ValueError, KeyError, TypeError):
         params = {}  # missing or unreadable marker: the default tree
@@ -81,32 +100,44 @@ class DatasetSource:
 
     format: Literal["name", "coco", "voc", "yolo"]
     path: str  # the name, the COCO JSON, the VOC-style root, or the YOLO data.yaml
-    image_dir: str = ""  # COCO: the folder file_name is relative to
-    split: str | None = None  # VOC-style: ImageSets/Main/<split>.txt (None: every XML); YOLO: train / val / test
+    # COCO: the folder file_name is relative to ("": beside the JSON, else its images/ sub-folder);
+    # VOC-style: the image folder ("": JPEGImages/ or a name other tools use, see custom.find_voc_layout).
+    image_dir: str = ""
+    # VOC-style: ImageSets/Main/<split>.txt (None: train / trainval for training, val / test for evaluation when
+    # those lists exist, else every XML); YOLO: train / val / test (None: train, or val for evaluation).
+    split: str | None = None
     classes: tuple[str, ...] = ()  # VOC-style: the class list (empty: collected from the XML)
+    ann_dir: str = ""  # VOC-style: the XML folder ("": Annotations/ or a name other tools use)
 
     def as_config(self) -> str | dict[str, Any]:
         """The description with absolute paths, as config.yaml records it."""
         if self.format == "name":
             return self.path
         if self.format == "coco":
-            return f"coco:{Path(self.path).resolve()}:{Path(self.image_dir).resolve()}"
-        text = f"{self.format}:{Path(self.path).resolve()}" + (f":{self.split}" if self.split else "")
-        return {"format": "voc", "root": str(Path(self.path).resolve()), "split": self.split,
-                "classes": list(self.classes)} if self.classes else text
+            images = f":{Path(self.image_dir).resolve()}" if self.image_dir else ""
+            return f"coco:{Path(self.path).resolve()}{images}"
+        if self.format == "voc" and (self.classes or self.ann_dir or self.image_dir):
+            root = Path(self.path).resolve()
+            return {"format": "voc", "root": str(root), "split": self.split, "classes": list(self.classes),
+                    "ann_dir": str((root / self.ann_dir).resolve()) if self.ann_dir else "",
+                    "image_dir": str((root / self.image_dir).resolve()) if self.image_dir else ""}
+        return f"{self.format}:{Path(self.path).resolve()}" + (f":{self.split}" if self.split else "")
 
 
-SPEC_HELP = ("a dataset name, coco:ANNOTATIONS.json:IMAGE_DIR, voc:FOLDER[:SPLIT], yolo:DATA.yaml[:SPLIT], a "
-             "VOC-style folder, a YOLO data.yaml, or a YAML mapping {format, ...}")
+SPEC_HELP = ("a dataset name, coco:ANNOTATIONS.json[:IMAGE_DIR], an annotations .json, voc:FOLDER[:SPLIT], "
+             "yolo:DATA.yaml[:SPLIT], a VOC-style folder, a YOLO data.yaml, or a YAML mapping {format, ...} "
+             "(inline or in a .yaml file)")
 
 
 def parse_dataset_spec(spec: Any, key: str = "dataset") -> list[DatasetSource]:
     """The sources of a dataset description; several (a list) are concatenated.
 
-    Strings: a catalog name (:data:`DATASET_NAMES`), ``coco:ANN.json:IMAGE_DIR``, ``voc:ROOT[:SPLIT]``,
-    ``yolo:DATA.yaml[:SPLIT]``, or a bare path (a folder with ``Annotations/`` is VOC-style, a ``.yaml`` file is
-    YOLO). Mappings: ``{format: coco, ann_file, image_dir}``, ``{format: voc, root, split, classes}``,
-    ``{format: yolo, data, split}``. Relative paths are relative to the current directory.
+    Strings: a catalog name (:data:`DATASET_NAMES`), ``coco:ANN.json[:IMAGE_DIR]``, ``voc:ROOT[:SPLIT]``,
+    ``yolo:DATA.yaml[:SPLIT]``, or a bare path (a ``.json`` file is COCO, a folder with an annotation folder of
+    XML or with XML beside its images is VOC-style, a ``.yaml`` file is a description mapping when it has a
+    ``format`` key, else a YOLO data.yaml). Mappings: ``{format: coco, ann_file, image_dir}``, ``{format: voc,
+    root, split, classes, ann_dir, image_dir}``, ``{format: yolo, data, split}``. Relative paths are relative to
+    the current directory, or in a description file to that file's folder.
     """
     if isinstance(spec, list | tuple):
         if not spec:
@@ -122,8 +153,10 @@ def parse_dataset_spec(spec: Any, key: str = "dataset") -> list[DatasetSource]:
     kind, _, rest = spec.partition(":")
     if kind == "coco" and rest:
         ann, sep, images = rest.rpartition(":")
-        if not sep or not ann or not images:
-            raise ConfigError(f"{key}: {spec!r}: expected coco:ANNOTATIONS.json:IMAGE_DIR")
+        if not sep:  # coco:ANN.json: the images beside it or in its images/ folder
+            ann, images = rest, ""
+        if not ann or (sep and not images):
+            raise ConfigError(f"{key}: {spec!r}: expected coco:ANNOTATIONS.json[:IMAGE_DIR]")
         return [DatasetSource("coco", ann, image_dir=images)]
     if kind in ("voc", "yolo") and rest:
         path, split = rest, None
@@ -132,17 +165,41 @@ def parse_dataset_spec(spec: Any, key: str = "dataset") -> list[DatasetSource]:
             path, split = head, tail
         return [DatasetSource(kind, path, split=split)]  # type: ignore[arg-type]
     path = Path(spec)
-    if path.is_dir() and (path / "Annotations").is_dir():
+    if path.suffix.lower() == ".json" and path.is_file():
+        return [DatasetSource("coco", spec)]
+    if is_voc_folder(path):
         return [DatasetSource("voc", spec)]
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        return [DatasetSource("yolo", spec)]
+        described = _description_file(path, key)
+        return described if described is not None else [DatasetSource("yolo", spec)]
     raise ConfigError(f"{key}: unknown dataset {spec!r}: expected {SPEC_HELP} (valid names: "
                       f"{', '.join(DATASET_NAMES)})")
 
 
+def _description_file(path: Path, key: str) -> list[DatasetSource] | None:
+    """The sources of a YAML file holding a description mapping (or a list of them), paths relative to the file's
+    folder; None for any other YAML (a YOLO data.yaml: it has no ``format`` key)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e}") from e
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(d, Mapping) and "format" in d for d in items):
+        return None
+    base = path.parent
+    out = []
+    for i, item in enumerate(items):
+        where = f"{key} ({path}{f'[{i}]' if isinstance(data, list) else ''})"
+        item = {k: (str(base / v) if k in PATH_KEYS and isinstance(v, str) and v else v) for k, v in item.items()}
+        out.append(_source_from_mapping(item, where))
+    return out
+
+
 def _source_from_mapping(spec: Mapping[str, Any], key: str) -> DatasetSource:
-    fields = {"coco": ("ann_file", "image_dir"), "voc": ("root",), "yolo": ("data",)}
-    optional = {"coco": (), "voc": ("split", "classes"), "yolo": ("split",)}
+    fields = {"coco": ("ann_file",), "voc": ("root",), "yolo": ("data",)}
+    optional = {"coco": ("image_dir",), "voc": ("split", "classes", "ann_dir", "image_dir"), "yolo": ("split",)}
     fmt = spec.get("format")
     if fmt not in fields:
         raise ConfigError(f"{key}.format: expected one of {sorted(fields)}, got {fmt!r}")
@@ -153,7 +210,7 @@ def _source_from_mapping(spec: Mapping[str, Any], key: str) -> DatasetSource:
         raise ConfigError(f"{key}: format {fmt} needs {missing}")
     split = spec.get("split")
     if fmt == "coco":
-        return DatasetSource("coco", str(spec["ann_file"]), image_dir=str(spec["image_dir"]))
+        return DatasetSource("coco", str(spec["ann_file"]), image_dir=str(spec.get("image_dir") or ""))
     if fmt == "yolo":
         return DatasetSource("yolo", str(spec["data"]), split=str(split) if split else None)
     classes = spec.get("classes") or ()
@@ -161,7 +218,8 @@ def _source_from_mapping(spec: Mapping[str, Any], key: str) -> DatasetSource:
         classes = read_class_list(classes)
     if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"{key}.classes: expected a list of class names or a file of them, got {classes!r}")
-    return DatasetSource("voc", str(spec["root"]), split=str(split) if split else None, classes=tuple(classes))
+    return DatasetSource("voc", str(spec["root"]), split=str(split) if split else None, classes=tuple(classes),
+                         ann_dir=str(spec.get("ann_dir") or ""), image_dir=str(spec.get("image_dir") or ""))
 
 
 def read_class_list(value: str) -> tuple[str, ...]:
@@ -195,16 +253,20 @@ def canonical_spec(spec: Any, key: str = "dataset") -> Any:
 
 def default_test_spec(train_spec: Any) -> Any:
     """The evaluation set that goes with a user's training set: a YOLO set's ``val`` split, a VOC-style folder's
-    ``val`` or ``test`` split list; otherwise a ConfigError asking for ``--test-dataset``."""
+    ``val`` or ``test`` split list (``test`` first when training uses ``trainval``, which holds ``val``);
+    otherwise a ConfigError asking for ``--test-dataset``."""
     sources = parse_dataset_spec(train_spec, "--dataset")
     if len(sources) == 1:
         s = sources[0]
         if s.format == "yolo":
             return {"format": "yolo", "data": s.path, "split": "val"}
         if s.format == "voc":
-            for split in ("val", "test"):
-                if split != s.split and (Path(s.path) / "ImageSets" / "Main" / f"{split}.txt").is_file():
-                    return {"format": "voc", "root": s.path, "split": split, "classes": list(s.classes)}
+            layout = find_voc_layout(Path(s.path), s.ann_dir, s.image_dir)
+            train_split = s.split or default_voc_split(layout, "train")
+            for split in ("test", "val") if train_split == "trainval" else ("val", "test"):
+                if split != train_split and layout.split_file(split).is_file():
+                    return {"format": "voc", "root": s.path, "split": split, "classes": list(s.classes),
+                            "ann_dir": s.ann_dir, "image_dir": s.image_dir}
     raise ConfigError(f"no evaluation set goes with --dataset {train_spec!r} by itself; pass --test-dataset "
                       f"(e.g. coco:val.json:images/ or voc:FOLDER:val)")
 
@@ -234,19 +296,23 @@ def build_dataset(
     skip_bad: bool = False,
     classes: Sequence[str] | None = None,
     problems: Problems | None = None,
+    side: Literal["train", "val", "test"] | None = None,
 ) -> DetectionDataset:
     """A dataset from a description (see :func:`parse_dataset_spec` and datasets/README.md); a list concatenates.
 
     ``classes``: the class list (its order is the label order): required to match a model when evaluating
     one; VOC-style folders take it as theirs (none: collected from their XML, sorted), other sources must have
     exactly these names. Concatenated sources are merged by class name. ``problems``: where loading problems
-    go (default: the first raises, or each is skipped and counted under ``skip_bad``).
+    go (default: the first raises, or each is skipped and counted under ``skip_bad``). ``side``: the split a
+    description without one means (a YOLO set's split, a VOC-style folder's list); default "train" when
+    ``train``, else "val".
     """
     data_root = get_data_root(root)
     sources = parse_dataset_spec(spec)
     caller_problems = problems is not None
     problems = problems if problems is not None else collecting()
-    parts = [_load_part(s, data_root, train=train, classes=classes, skip_bad=skip_bad, problems=problems)
+    side = side or ("train" if train else "val")
+    parts = [_load_part(s, data_root, side=side, classes=classes, skip_bad=skip_bad, problems=problems)
              for s in sources]
     if problems.items and not skip_bad and not caller_problems:
         # Every problem of the set at once (not only the first), before any time is spent on it.
@@ -319,23 +385,74 @@ def _relabel(part: _Part, names: list[str], source: DatasetSource) -> None:
     part.class_names = list(names)
 
 
-def _load_part(source: DatasetSource, data_root: Path, *, train: bool, classes: Sequence[str] | None,
+def _load_part(source: DatasetSource, data_root: Path, *, side: str, classes: Sequence[str] | None,
                skip_bad: bool, problems: Problems) -> _Part:
     if source.format == "name":
         return _load_named(source.path, data_root, skip_bad=skip_bad)
     if source.format == "coco":
-        records, names, contiguous, coco = load_coco_records(Path(source.path), Path(source.image_dir), problems)
+        ann = Path(source.path)
+        records, names, contiguous, coco = load_coco_records(ann, Path(source.image_dir or ann.parent), problems)
+        records = _locate_coco_images(ann, source.image_dir, records, coco)
+        records = _fill_missing_sizes(ann, records, coco, problems)
         return _Part(records, names, "coco", "coco", coco=coco, category_ids=contiguous)
     if source.format == "yolo":
-        split = source.split or ("train" if train else "val")
+        split = source.split or side
+        if split == "test" and source.split is None and "test" not in read_yolo_yaml(Path(source.path)):
+            split = "val"  # the evaluation side of a set without a test split (as before: its val split)
         records, names = load_yolo(Path(source.path), split, problems)
         return _Part(records, names, "yolo", "voc")
-    folder = Path(source.path)
-    names = list(source.classes or classes or collect_voc_classes(folder, voc_folder_ids(folder, source.split)))
+    layout = find_voc_layout(Path(source.path), source.ann_dir, source.image_dir)
+    split = source.split or default_voc_split(layout, side)
+    if split and not source.split:
+        logger.info("%s: no split named; the %s side uses ImageSets/Main/%s.txt", layout.root, side, split)
+    names = list(source.classes or classes or collect_voc_classes(layout, voc_folder_ids(layout, split)))
     if not source.classes and not classes:
-        logger.info("%s: %d classes collected from its XML (sorted): %s", folder, len(names), ", ".join(names))
-    records = load_voc_folder(folder, names, source.split, problems)
+        logger.info("%s: %d classes collected from its XML (sorted): %s", layout.root, len(names), ", ".join(names))
+    records = load_voc_folder(layout, names, split, problems)
     return _Part(records, names, "voc", "voc")
+
+
+def _locate_coco_images(ann: Path, image_dir: str, records: list[Record], coco: Any) -> list[Record]:
+    """``records`` with their files in the folder that holds the images: ``image_dir``, or without one the JSON's
+    folder, else its ``images/`` sub-folder (Roboflow writes ``<split>/_annotations.coco.json`` beside the images,
+    or the images in ``<split>/images/``). When none of the images is there, one line naming the folder one level
+    down that holds them, if any (a common slip: the image folder's parent given)."""
+    if not records:
+        return records
+    folders = [Path(image_dir)] if image_dir else [ann.parent, ann.parent / "images"]
+    names = [coco.imgs[r.image_id]["file_name"] for r in records]
+    sample = names[:COCO_PROBE]
+    for folder in folders:
+        if any((folder / n).is_file() for n in sample):
+            return records if folder == folders[0] else [replace(r, file=folder / n) for r, n in zip(records, names)]
+    below = [d for f in folders if f.is_dir() for d in sorted(f.iterdir())
+             if d.is_dir() and any((d / n).is_file() for n in sample)]
+    hint = (f"; they are one folder down: use coco:{ann}:{below[0]}" if below
+            else "; name the image folder: coco:ANNOTATIONS.json:IMAGE_DIR")
+    raise DataError(f"{ann}: none of its {len(records)} images is in {' or '.join(map(str, folders))} "
+                    f"(first: {names[0]}){hint}")
+
+
+def _fill_missing_sizes(ann: Path, records: list[Record], coco: Any, problems: Problems) -> list[Record]:
+    """``records`` with sizes from the image headers where the JSON gives none (CVAT and hand-written files omit
+    width / height; aspect-ratio grouping and scoring need them), written into ``coco`` too; an image that cannot
+    be read is a problem and left out."""
+    out = []
+    missing = 0
+    for r in records:
+        if r.height <= 0 or r.width <= 0:
+            missing += 1
+            try:
+                h, w = image_size(r.file)
+            except DataError as e:
+                problems.add("unreadable_image" if r.file.is_file() else "missing_image", str(e))
+                continue
+            r = replace(r, height=h, width=w)
+            coco.imgs[r.image_id].update(height=h, width=w)  # the same dicts as coco.dataset["images"]
+        out.append(r)
+    if missing:
+        logger.info("%s: %d image(s) without width / height in the JSON; read from the image files", ann, missing)
+    return out
 
 
 def _load_named(name: str, data_root: Path, *, skip_bad: bool) -> _Part:

@@ -4,22 +4,34 @@ Used by ``tools/check_dataset.py``. Errors (the run would fail or learn from wro
 or undecodable images, annotation problems the loaders report (unknown classes, malformed or inverted boxes,
 annotations of unknown images), duplicate image ids, image sizes that disagree with the annotation (an EXIF
 orientation applied by decoding included). Warnings (the item is used, the box is changed or dropped): boxes
-under ``min_box_size`` pixels, boxes reaching outside the image (clipped by the transform), zero-area boxes.
+under ``min_box_size`` pixels, boxes reaching outside the image (clipped by the transform), zero-area boxes,
+truncated images decoded as far as their data goes.
+
+Used by the trainer before its first step: :func:`warn_shared_images` (training and test sets sharing images
+inflate the test scores) and :func:`verify_images` (every training image decodes, once, cached).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from resbackbone.errors import DataError
 
-from .base import DetectionDataset, check_size
+from .base import DetectionDataset, Record, check_size
 from .custom import Problems, image_size
-from .transforms import decode_image
+from .transforms import read_image
+
+logger = logging.getLogger("detection.data")
 
 # How far past the border (pixels) a box may reach before it is reported: VOC's 1-based boxes reach W + 1 - 1.
 OUTSIDE_TOLERANCE = 1.0
@@ -119,7 +131,14 @@ def check_dataset(
         try:
             if not r.file.is_file():
                 raise DataError(f"image file not found: {r.file}")
-            h, w = decode_image(r.file).shape[:2] if decode else image_size(r.file)
+            if decode:
+                image, recovered = read_image(r.file)
+                h, w = image.shape[:2]
+                if recovered:
+                    report.warnings.append(("recovered_image", f"{r.file}: truncated or damaged image data, "
+                                                               "decoded as far as it goes (as image viewers do)"))
+            else:
+                h, w = image_size(r.file)
             check_size(r, h, w)
         except DataError as e:
             text = str(e)
@@ -127,3 +146,174 @@ def check_dataset(
                     else "unreadable_image")
             report.errors.append((kind, text))
     return report
+
+
+# ------------------------------------------------------------------------------------- before the first step
+
+# Name of the decode-check cache (in the folder given to verify_images, e.g. the run's output folder).
+IMAGE_CHECK_FILE = "image_check.json"
+# Training sets larger than this are not decode-checked before training (minutes of decoding, every new run);
+# tools/check_dataset.py decodes them all.
+MAX_VERIFIED_IMAGES = 50_000
+_HASH_CHUNK = 1 << 20
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1  # missing: never the same content as anything (its absence is reported elsewhere)
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+def shared_images(train: DetectionDataset, test: DetectionDataset) -> int:
+    """How many images of ``test`` are also images of ``train``: the same file (resolved path) or the same bytes.
+
+    Only files of a size that occurs on both sides are read (and hashed), so two disjoint sets cost one ``stat``
+    per image. Copies re-encoded or resized are not found (that would need image similarity, not file equality).
+    """
+    train_files = {_resolved(r.file) for r in train.records}
+    by_size: dict[int, list[Path]] = defaultdict(list)
+    for f in train_files:
+        by_size[_file_size(f)].append(f)
+    by_size.pop(-1, None)
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = _digest(path)
+        return digests[path]
+
+    count = 0
+    for r in test.records:
+        f = _resolved(r.file)
+        if f in train_files:
+            count += 1
+            continue
+        same_size = by_size.get(_file_size(f), [])
+        try:
+            count += bool(same_size) and digest(f) in {digest(g) for g in same_size}
+        except OSError:
+            continue  # unreadable: the loaders report it
+    return count
+
+
+def warn_shared_images(train: DetectionDataset, test: DetectionDataset) -> int:
+    """:func:`shared_images`, and one warning line with the count when it is not 0 (the test scores of the run
+    would be inflated: the model saw those images)."""
+    n = shared_images(train, test)
+    if n:
+        logger.warning("%d of the %d test images (%s) are also training images (%s), by file or by content: the "
+                       "test scores will be inflated; evaluate on images kept out of training (--test-dataset)",
+                       n, len(test), test.name, train.name)
+    return n
+
+
+def _check_one(path: Path) -> dict[str, Any]:
+    """The cache entry of one file: its decoded size and whether it needed recovery, or the decoding error."""
+    try:
+        image, recovered = read_image(path)
+    except DataError as e:
+        return {"error": str(e)}
+    return {"height": int(image.shape[0]), "width": int(image.shape[1]), "recovered": recovered}
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    return f"{_resolved(path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def verify_images(
+    dataset: DetectionDataset, cache_dir: str | Path | None = None, *, max_images: int = MAX_VERIFIED_IMAGES
+) -> list[str]:
+    """Decode every image of ``dataset`` once, before training: an image that would stop the run at iteration
+    30 stops it now, in one line naming the file. Returns the messages of the unusable images.
+
+    Truncated JPEGs are recovered as viewers do (one warning per file, see :func:`transforms.read_image`); an
+    image that cannot be decoded or whose size is not its annotation's is a DataError naming the file and
+    ``data.skip_bad=true`` (with ``skip_bad``, a warning: the dataset skips it when it comes). Results are cached
+    in ``cache_dir`` / :data:`IMAGE_CHECK_FILE` by file path + size + modification time, so a resumed or repeated
+    run decodes only changed files. Sets over ``max_images`` are not checked (logged).
+    """
+    records = dataset.records
+    if len(records) > max_images:
+        logger.info("%s: %d images, not decode-checked before training (over %d; tools/check_dataset.py decodes "
+                    "them all)", dataset.name, len(records), max_images)
+        return []
+    cache_file = Path(cache_dir) / IMAGE_CHECK_FILE if cache_dir is not None else None
+    cache: dict[str, dict[str, Any]] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}  # unreadable cache: decode again
+    results: dict[Path, dict[str, Any]] = {}
+    todo: dict[str, Path] = {}
+    for r in records:
+        try:
+            key = _cache_key(r.file)
+        except OSError:
+            results[r.file] = {"error": f"image file not found: {r.file}"}
+            continue
+        if key in cache:
+            results[r.file] = cache[key]
+        else:
+            todo[key] = r.file
+    if todo:
+        logger.info("%s: decode-checking %d image(s) before training", dataset.name, len(todo))
+        # OpenCV decodes without holding the GIL: threads use the cores without pickling images.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for (key, path), entry in zip(todo.items(), pool.map(_check_one, todo.values())):
+                cache[key] = results[path] = entry
+        if cache_file is not None:
+            _write_json(cache_file, cache)
+    return _report_verified(dataset, records, results)
+
+
+def _report_verified(dataset: DetectionDataset, records: list[Record], results: dict[Path, dict[str, Any]]
+                     ) -> list[str]:
+    """Warn about recovered files; raise (or, with ``skip_bad``, warn) about unusable ones."""
+    recovered = sorted({str(r.file) for r in records if results[r.file].get("recovered")})
+    for name in recovered[:MAX_LISTED]:
+        logger.warning("%s: truncated or damaged image data, decoded as far as it goes (as image viewers do)", name)
+    if len(recovered) > MAX_LISTED:
+        logger.warning("... and %d more recovered image(s)", len(recovered) - MAX_LISTED)
+    bad = []
+    for r in records:
+        entry = results[r.file]
+        try:
+            if "error" in entry:
+                raise DataError(entry["error"])
+            check_size(r, entry["height"], entry["width"])
+        except DataError as e:
+            bad.append(str(e))
+    if bad and not dataset.skip_bad:
+        raise DataError(f"{bad[0]} ({len(bad)} unusable image(s) in {dataset.name}; tools/check_dataset.py lists "
+                        "them, data.skip_bad=true skips such files)")
+    if bad:
+        logger.warning("%d unusable image(s) in %s will be skipped (data.skip_bad); first: %s", len(bad),
+                       dataset.name, bad[0])
+    return bad
+
+
+# Recovered files named one per line before the rest is counted.
+MAX_LISTED = 10
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically (a crash or a second process never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

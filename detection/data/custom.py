@@ -2,8 +2,11 @@
 collector the loaders and ``tools/check_dataset.py`` share.
 
 - VOC-style: ``<root>/Annotations/**/*.xml`` + ``<root>/JPEGImages/`` (images of any common extension, found by
-  the XML's stem), optionally ``<root>/ImageSets/Main/<split>.txt``. Classes: given, or collected from the XML
-  (sorted). Boxes follow the VOC convention (1-based inclusive pixels).
+  the XML's stem, else by its ``<filename>``), optionally ``<root>/ImageSets/Main/<split>.txt``. The folders may
+  also be named as LabelImg and other tools write them (``annotations/`` or ``annots/`` + ``images/``, any letter
+  case, or the XML beside the images) or given (``ann_dir``, ``image_dir``). Without a split, the training side
+  uses the ``train`` (else ``trainval``) list when there is one, the evaluation side ``val`` (else ``test``).
+  Classes: given, or collected from the XML (sorted). Boxes follow the VOC convention (1-based inclusive pixels).
 - YOLO (ultralytics): ``data.yaml`` with ``path`` (optional), ``train`` / ``val`` / ``test`` (a folder of images,
   a ``.txt`` list of image paths, or a list of those) and ``names`` (a list or ``{index: name}``); labels in
   ``.../labels/...`` beside ``.../images/...``, one ``class cx cy w h`` line per object, normalized to the
@@ -72,6 +75,95 @@ def collecting() -> Problems:
 # ------------------------------------------------------------------------------------------- VOC-style folder
 
 
+# Folder names labeling tools write, matched in any letter case: the devkit's first, then LabelImg's and CVAT's.
+ANNOTATION_DIRS = ("Annotations", "annots", "annotation", "xml", "xmls", "labels")
+IMAGE_DIRS = ("JPEGImages", "images", "imgs", "img", "image", "pictures")
+# ImageSets/Main lists a VOC-style folder's training side uses when no split is named, best first: "trainval"
+# holds the images of "val", so "train" goes first (every XML would train on the images it is then scored on).
+TRAIN_SPLITS = ("train", "trainval")
+# The lists of the evaluation side (check_dataset --split val / test, a test set named without a split).
+TEST_SPLITS = {"val": ("val", "test"), "test": ("test", "val")}
+
+
+@dataclass(frozen=True)
+class VocLayout:
+    """Where a VOC-style folder keeps its XML and its images (the devkit's names or those of another tool)."""
+
+    root: Path
+    ann_dir: Path  # the XML, possibly in sub-folders; the image ids are their paths relative to it
+    image_dir: Path  # the images, found by the XML's id, else by its <filename>
+
+    def split_file(self, split: str) -> Path:
+        return self.root / "ImageSets" / "Main" / f"{split}.txt"
+
+
+def _child_dir(root: Path, names: Sequence[str], wanted: Callable[[Path], bool]) -> Path | None:
+    """The first sub-folder of ``root`` named one of ``names`` (any letter case) for which ``wanted`` holds."""
+    children = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()} if root.is_dir() else {}
+    for name in names:
+        p = children.get(name.lower())
+        if p is not None and wanted(p):
+            return p
+    return None
+
+
+def _has_xml(folder: Path) -> bool:
+    return next(folder.rglob("*.xml"), None) is not None
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+
+
+def _xml_dir(root: Path) -> Path | None:
+    """Where a VOC-style folder keeps its XML: an annotation folder of :data:`ANNOTATION_DIRS`, else ``root``
+    itself, else its image folder (XML beside the images); None when there is no XML."""
+    found = _child_dir(root, ANNOTATION_DIRS, _has_xml)
+    if found is None and next(root.glob("*.xml"), None) is not None:
+        found = root
+    return found or _child_dir(root, IMAGE_DIRS, lambda p: next(p.glob("*.xml"), None) is not None)
+
+
+def is_voc_folder(root: Path) -> bool:
+    """Whether ``root`` looks like a VOC-style folder (see :func:`find_voc_layout`)."""
+    return root.is_dir() and _xml_dir(root) is not None
+
+
+def find_voc_layout(root: Path, ann_dir: str = "", image_dir: str = "") -> VocLayout:
+    """The folders of a VOC-style dataset. ``ann_dir`` / ``image_dir``: given (relative to ``root`` unless
+    absolute), else the first of :data:`ANNOTATION_DIRS` / :data:`IMAGE_DIRS` in any letter case; without an
+    annotation folder, XML in ``root`` or in the image folder (LabelImg's default: XML beside the images); without
+    an image folder, the annotation folder when it holds images, else ``root``."""
+    if not root.is_dir():
+        raise DataError(f"VOC-style dataset {root}: no such folder")
+    if ann_dir:
+        ann = root / ann_dir
+        if not ann.is_dir():
+            raise DataError(f"VOC-style dataset {root}: ann_dir {ann_dir!r} is not a folder ({ann})")
+    else:
+        found = _xml_dir(root)
+        if found is None:
+            raise DataError(f"VOC-style dataset {root}: no annotation folder with XML ({'/'.join(ANNOTATION_DIRS)}, "
+                            "any letter case) and no XML beside the images; name it with ann_dir")
+        ann = found
+    if image_dir:
+        images = root / image_dir
+        if not images.is_dir():
+            raise DataError(f"VOC-style dataset {root}: image_dir {image_dir!r} is not a folder ({images})")
+    else:
+        images = _child_dir(root, IMAGE_DIRS, lambda p: True) or (ann if _has_images(ann) else root)
+    return VocLayout(root, ann, images)
+
+
+def default_voc_split(layout: VocLayout, side: str) -> str | None:
+    """The ImageSets/Main list a description without a split means on ``side`` ("train", "val" or "test"):
+    the first of :data:`TRAIN_SPLITS` / :data:`TEST_SPLITS` that exists; None (every XML) without one."""
+    for split in TRAIN_SPLITS if side == "train" else TEST_SPLITS[side]:
+        if layout.split_file(split).is_file():
+            return split
+    return None
+
+
 def _index_images(folder: Path) -> dict[str, list[Path]]:
     """Image files under ``folder`` by their path relative to it without the extension ("a/b" for a/b.png)."""
     out: dict[str, list[Path]] = {}
@@ -81,24 +173,20 @@ def _index_images(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def voc_folder_ids(root: Path, split: str | None) -> list[str]:
+def voc_folder_ids(layout: VocLayout, split: str | None) -> list[str]:
     """The annotated image ids of a VOC-style folder: ``ImageSets/Main/<split>.txt`` or every XML."""
-    ann = root / "Annotations"
-    if not ann.is_dir():
-        raise DataError(f"VOC-style dataset {root}: no Annotations/ folder (expected Annotations/*.xml and "
-                        "JPEGImages/)")
     if split:
-        return read_split(root, split)
-    return sorted(p.relative_to(ann).with_suffix("").as_posix() for p in ann.rglob("*.xml"))
+        return read_split(layout.root, split)
+    return sorted(p.relative_to(layout.ann_dir).with_suffix("").as_posix() for p in layout.ann_dir.rglob("*.xml"))
 
 
-def collect_voc_classes(root: Path, ids: Sequence[str]) -> list[str]:
+def collect_voc_classes(layout: VocLayout, ids: Sequence[str]) -> list[str]:
     """Sorted object names in the XML of ``ids`` (the class list of a folder given none)."""
     import xml.etree.ElementTree as ET
 
     names: set[str] = set()
     for image_id in ids:
-        path = root / "Annotations" / f"{image_id}.xml"
+        path = layout.ann_dir / f"{image_id}.xml"
         try:
             names.update((o.findtext("name") or "").strip() for o in ET.parse(path).getroot().iter("object"))
         except (OSError, ET.ParseError):
@@ -107,23 +195,52 @@ def collect_voc_classes(root: Path, ids: Sequence[str]) -> list[str]:
     return sorted(names)
 
 
+def _xml_filename(xml: Path) -> str:
+    """The XML's ``<filename>`` (empty when absent or unreadable: the loader reports a broken XML itself)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        return Path((ET.parse(xml).getroot().findtext("filename") or "").strip().replace("\\", "/")).name
+    except (OSError, ET.ParseError):
+        return ""
+
+
+def _find_image(xml: Path, image_id: str, index: dict[str, list[Path]], by_name: dict[str, list[Path]]
+                ) -> list[Path]:
+    """The image of one XML: by its id (the devkit's rule), else, or among several, by its ``<filename>``
+    (LabelImg keeps the image's own name there, which need not share the XML's stem), in any letter case."""
+    files = index.get(image_id, [])
+    if len(files) == 1:
+        return files
+    name = _xml_filename(xml)
+    if name:
+        exact = [p for p in files if p.name == name] or by_name.get(name, [])
+        named = exact or by_name.get(name.lower(), []) or by_name.get(Path(name).stem.lower(), [])
+        if len(named) == 1 or (named and not files):
+            return named
+    return files
+
+
 def load_voc_folder(
-    root: Path, class_names: Sequence[str], split: str | None = None, problems: Problems | None = None
+    layout: VocLayout, class_names: Sequence[str], split: str | None = None, problems: Problems | None = None
 ) -> list[Record]:
     """Records of a VOC-style folder with the user's ``class_names`` (see the module docstring)."""
     problems = problems or strict()
-    images_dir = root / "JPEGImages"
-    if not images_dir.is_dir():
-        raise DataError(f"VOC-style dataset {root}: no JPEGImages/ folder")
-    index = _index_images(images_dir)
+    index = _index_images(layout.image_dir)
+    by_name: dict[str, list[Path]] = {}
+    for paths in index.values():
+        for p in paths:
+            # Exact name, lower-case name and lower-case stem (a <filename> written without its extension).
+            for key in {p.name, p.name.lower(), p.stem.lower()}:
+                by_name.setdefault(key, []).append(p)
     class_to_index = {c: i for i, c in enumerate(class_names)}
     records = []
-    for image_id in voc_folder_ids(root, split):
-        xml = root / "Annotations" / f"{image_id}.xml"
-        files = index.get(image_id, [])
+    for image_id in voc_folder_ids(layout, split):
+        xml = layout.ann_dir / f"{image_id}.xml"
+        files = _find_image(xml, image_id, index, by_name)
         if not files:
-            problems.add("missing_image", f"{xml}: no image {image_id}.* ({'/'.join(IMAGE_EXTENSIONS)}) in "
-                                          f"{images_dir}")
+            problems.add("missing_image", f"{xml}: no image {image_id}.* ({'/'.join(IMAGE_EXTENSIONS)}) and no "
+                                          f"image named by its <filename> in {layout.image_dir}")
             continue
         if len(files) > 1:
             problems.add("ambiguous_image", f"{xml}: several images match {image_id}: "

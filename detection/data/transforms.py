@@ -9,6 +9,7 @@ Shape shorthand: H0, W0 = decoded image; H, W = after the resize; N = boxes in, 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,20 +21,45 @@ import numpy as np
 
 from resbackbone.errors import ConfigError, DataError
 
+logger = logging.getLogger("detection.data")
+
 # Boxes narrower or lower than this (pixels, after resize and clipping) are removed as degenerate.
 MIN_BOX_SIDE = 1.0
 
 
-def decode_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB; a clear error naming the file when it cannot be read."""
+def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
+    """``(image (H, W, 3) uint8 RGB, recovered)``: ``recovered`` when only the tolerant path could decode it.
+
+    ``cv2.imdecode`` refuses a JPEG cut short (an interrupted copy or download), which viewers and ``cv2.imread``
+    show with the missing rows grey; such a file is decoded as they do (its boxes are still right). Both apply the
+    EXIF orientation. A DataError naming the file when neither can read it.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    recovered = False
+    if image is None and data.size:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        recovered = image is not None
     if image is None:
         raise DataError(f"cannot decode image (corrupt or not an image): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), recovered
+
+
+# Files whose recovery was reported by this process (one warning per file, not one per epoch).
+_reported_recovered: set[Path] = set()
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB (see :func:`read_image`); a truncated file that could be
+    recovered is reported once per process with its name; a clear error naming the file when it cannot be read."""
+    image, recovered = read_image(path)
+    if recovered and Path(path) not in _reported_recovered:
+        _reported_recovered.add(Path(path))
+        logger.warning("%s: truncated or damaged image data, decoded as far as it goes (as image viewers do)", path)
+    return image
 
 
 def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:

@@ -57,7 +57,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     summary = [k for k in ("mAP", "AP", "AP50", "AP75", *COCO_STAT_NAMES[3:]) if k in metrics]
     for k in dict.fromkeys(summary):
         v = metrics[k]
-        lines.append(f"{k:>6}: {'nan' if v is None or math.isnan(v) else f'{100 * v:.2f}'}")
+        # pycocotools reports -1 for "no objects of this size in the ground truth" (APs on a set of large objects).
+        text = "n/a (no such objects)" if v is not None and v < 0 else "nan" if v is None or math.isnan(v) else \
+            f"{100 * v:.2f}"
+        lines.append(f"{k:>6}: {text}")
     if "num_images" in metrics:
         lines.append(f"images: {metrics['num_images']}  ({metrics.get('ms_per_image', float('nan')):.1f} ms/image)")
     return "\n".join(lines)

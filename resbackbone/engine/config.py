@@ -3,7 +3,10 @@
 The one config loader of the detection and classification trainers. Rules:
 - a YAML file may name one ``base:`` file (relative to itself); the base may not name another;
 - unknown keys and wrong types are errors naming the dotted key (and the file);
-- overrides are ``a.b.c=value`` strings; the value is parsed as YAML (``lr=0.02``, ``steps=[10,20]``).
+- overrides are ``a.b.c=value`` strings; the value is parsed as YAML (``lr=0.02``, ``steps=[10,20]``);
+  errors in them are reported as the command line's, not the config file's;
+- a single value where a variable-length list is expected is taken as a one-element list
+  (``data.min_size_train=256`` means ``[256]``), as a person means it.
 """
 
 from __future__ import annotations
@@ -52,10 +55,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(get_args(tp))}")
         return value
     if origin in (tuple, list):
+        args = get_args(tp)
+        fixed = origin is tuple and args and args[-1] is not Ellipsis
+        if not isinstance(value, (list, tuple)) and not fixed and value is not None \
+                and not isinstance(value, Mapping):
+            value = [value]  # `min_size_train=256`: the one-element list the writer meant
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
+        if fixed:
             if len(args) != len(value):
                 raise ConfigError(f"config key '{key}': expected {len(args)} values, got {len(value)}")
             items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
@@ -195,19 +202,51 @@ def load_config(
     if path is not None:
         try:
             data = merge_dicts(data, read_yaml(path))
-            return _finish(cls, data, extra, overrides)
+            # The file alone first: its mistakes name the file, the command line's name the command line.
+            from_dict(cls, data)
         except ConfigError as e:
             if str(e).startswith(str(path)):
                 raise
             raise ConfigError(f"{path}: {e}") from e
-    return _finish(cls, data, extra, overrides)
-
-
-def _finish(cls: type[T], data: dict[str, Any], extra: Mapping[str, Any] | None, overrides: Iterable[str]) -> T:
     if extra:
         data = merge_dicts(data, extra)
-    data = merge_dicts(data, parse_overrides(overrides))
-    return from_dict(cls, data)
+    overrides = list(overrides)
+    try:
+        return from_dict(cls, merge_dicts(data, parse_overrides(overrides)))
+    except ConfigError as e:
+        if not overrides:
+            raise
+        raise ConfigError(f"command-line override: {e}") from e
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: Any, new: Any, *, ignore: Iterable[str] = ()) -> list[str]:
+    """The dotted keys whose values differ between two configs (dataclasses or dicts) as ``key: old -> new``
+    texts, sorted; keys under any ``ignore`` prefix are left out."""
+    a = flatten(old if isinstance(old, Mapping) else to_dict(old))
+    b = flatten(new if isinstance(new, Mapping) else to_dict(new))
+    skip = tuple(ignore)
+    return [f"{k}: {_brief(a.get(k))} -> {_brief(b.get(k))}" for k in sorted(set(a) | set(b))
+            if not k.startswith(skip) and _plain(a.get(k)) != _plain(b.get(k))]
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _brief(v: Any) -> str:
+    text = str(_plain(v))
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -219,6 +258,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 __all__ = [
     "ConfigError",
+    "config_differences",
+    "flatten",
     "from_dict",
     "load_config",
     "merge_dicts",

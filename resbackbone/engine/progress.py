@@ -1,13 +1,17 @@
 """Training feedback and guards: the progress bar with its time window and ETA, ``metrics.jsonl`` + TensorBoard,
-memory figures, and the non-finite-loss guard."""
+``results.csv`` and the curves figure derived from it, smoothed loss windows, memory figures, and the non-finite-loss
+guard."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
+import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import OutputError
+from ..serialization import atomic_write_text
 
 # Step times averaged for images/s and the ETA (recent enough to follow an lr step or an evaluation pause).
 PROGRESS_WINDOW = 20
@@ -66,10 +71,109 @@ class MetricsWriter:
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every record of ``metrics.jsonl`` (a torn last line of a killed run is left out)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records past ``step`` (a resumed run repeats those steps and logs them again)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        records = self.records()
+        kept = [r for r in records if int(r.get("step", 0)) <= step]
+        if len(kept) != len(records):
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_table(self, *, plot: bool = False) -> None:
+        """``results.csv`` (one row per record: each logged step and each evaluation) from ``metrics.jsonl``, and
+        with ``plot`` the ``results.png`` curves (losses, lr and test metrics against the iteration)."""
+        if not self.enabled:
+            return
+        records = self.records()
+        if not records:
+            return
+        columns = list(dict.fromkeys(k for r in records for k, v in r.items() if not isinstance(v, dict | list)))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        atomic_write_text(self.path.with_name("results.csv"), buf.getvalue())
+        if plot:
+            plot_curves(records, self.path.with_name("results.png"))
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """One figure of a run's records: loss terms, the lr, and the test metrics (mAP, AP50) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on training machines
+    import matplotlib.pyplot as plt
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+        return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    panels = [("losses", [k for k in keys if k.startswith("loss") and not k.endswith("_mean")]),
+              ("learning rate", [k for k in keys if k == "lr"]),
+              ("test", [k for k in keys if k in ("test/mAP", "test/AP50", "test/AP")])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for ax, (title, names) in zip(axes, panels):
+        for name in names:
+            xs, ys = series(name)
+            ax.plot(xs, ys, marker="o" if title == "test" else None, markersize=3, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        if names:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)  # a reader (or a crash) never sees half a PNG
+    return path
+
+
+class LossWindow:
+    """The last ``size`` steps' statistics, smoothed for logging: median and mean per key (Detectron2 logs
+    medians over 20 iterations: one outlier batch does not dominate a line). ``state()`` / ``load()`` carry it in
+    a checkpoint, so a resumed run logs the numbers the uninterrupted one would have."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: list[dict[str, float]] = []
+
+    def add(self, stats: Mapping[str, float]) -> None:
+        self.items = (self.items + [{k: float(v) for k, v in stats.items()}])[-self.size:]
+
+    def median(self, key: str) -> float:
+        values = [d[key] for d in self.items if key in d]
+        return statistics.median(values) if values else float("nan")
+
+    def mean(self, key: str) -> float:
+        values = [d[key] for d in self.items if key in d]
+        return sum(values) / len(values) if values else float("nan")
+
+    def state(self) -> list[dict[str, float]]:
+        return [dict(d) for d in self.items]
+
+    def load(self, items: Sequence[Mapping[str, float]]) -> None:
+        self.items = [{k: float(v) for k, v in d.items()} for d in items][-self.size:]
 
 
 def memory_summary(device: torch.device | str | None = None) -> str:
@@ -133,5 +237,5 @@ class Progress:
             self.bar = None
 
 
-__all__ = ["MetricsWriter", "NonFiniteLossError", "PROGRESS_WINDOW", "Progress", "check_finite", "format_eta",
-           "memory_summary"]
+__all__ = ["LossWindow", "MetricsWriter", "NonFiniteLossError", "PROGRESS_WINDOW", "Progress", "check_finite",
+           "format_eta", "memory_summary", "plot_curves"]

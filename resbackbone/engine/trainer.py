@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +33,20 @@ logger = logging.getLogger("resbackbone.engine")
 
 
 # Files a run writes into its output folder that --overwrite removes (logs of other tools stay).
-RUN_FILES = ("last_checkpoint", "metrics.jsonl", "model_final.pth", "model_best.pth")
+RUN_FILES = ("last_checkpoint", "metrics.jsonl", "results.csv", "results.png", "model_final.pth", "model_best.pth")
+
+
+# Signals that stop a run at the next step boundary with a checkpoint (Ctrl-C, and what schedulers / `kill` send).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 - a request, not an error
+    """A stop signal ended the run at a step boundary after writing the checkpoint of ``iteration``."""
+
+    def __init__(self, iteration: int, signum: int) -> None:
+        self.iteration = iteration
+        self.signum = signum
+        super().__init__(f"interrupted at iteration {iteration}; `--resume` continues from it")
 
 
 # Lock files this process holds. A forked child (a DataLoader worker) inherits their descriptors, and flock locks
@@ -162,6 +177,8 @@ class TrainerBase:
         self.checkpoints = CheckpointManager(self.output_dir, keep_last=keep_last)
         self.metrics = MetricsWriter(self.output_dir, enabled=self.accelerator.is_main_process)
         self.start_iter = 0
+        # The stop signal received during the run (None: none): acted on at the next step boundary.
+        self.stop_signal: int | None = None
         self.class_names: tuple[str, ...] = ()
         self.model: nn.Module
         self.optimizer: torch.optim.Optimizer
@@ -200,7 +217,50 @@ class TrainerBase:
         """The model without its DDP / compile wrappers."""
         return self.accelerator.unwrap_model(self.model)
 
+    # ---------------------------------------------------------------------------------------- stop signals
+
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """While inside, SIGINT / SIGTERM only record a stop request (:meth:`stop_requested`), so the loop can finish
+        its step and write a checkpoint; a second signal stops at once. Handlers are installed only in the main
+        thread (Python allows no other) and restored on exit."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+
+        def request(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None:  # the second one: the user does not want to wait
+                signal.signal(signum, previous[signum])
+                signal.raise_signal(signum)
+                return
+            self.stop_signal = signum
+            logger.warning("%s: stopping after this step with a checkpoint (again to stop at once, without one)",
+                           signal.Signals(signum).name)
+
+        for s in STOP_SIGNALS:
+            signal.signal(s, request)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def stop_requested(self) -> int | None:
+        """The stop signal number when any process received one (every process agrees: each must write the same
+        checkpoint and leave the same loop), else None."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_signal
+        import torch.distributed as dist
+
+        flag = torch.tensor([self.stop_signal or 0], device=self.accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
     # ------------------------------------------------------------------------------------------ checkpoints
+
+    def check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse (one-line ConfigError) a checkpoint that cannot continue this run; see the subclasses."""
 
     def extra_state(self) -> dict[str, Any]:
         """Trainer-specific checkpoint entries (plain tensors and Python data only)."""
@@ -240,7 +300,15 @@ class TrainerBase:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
         ckpt = CheckpointManager.load(latest)
+        self.check_resumable(ckpt, latest)
         self.checkpoints.adopt()  # the resumed run's checkpoints are this run's: pruned as it goes
+        model_state = self.unwrapped.state_dict()
+        other = [f"{k} {tuple(v.shape)} vs {tuple(model_state[k].shape)}" for k, v in ckpt["model"].items()
+                 if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)]
+        if other:  # a model of another shape: torch's answer is a multi-line traceback
+            raise ConfigError(f"{latest}: holds a model of other shapes than this run's ({len(other)} tensor(s), e.g. "
+                              f"{other[0]}); resume with the config it was trained with, or choose another "
+                              "--output-dir (or --overwrite to replace it)")
         self.unwrapped.load_state_dict(ckpt["model"])
         # torch loads another optimizer's state without a word and fails (or silently differs) steps later.
         saved, current = ckpt["optimizer"].get("param_groups") or [{}], self.optimizer.state_dict()["param_groups"]
@@ -256,9 +324,11 @@ class TrainerBase:
             self.accelerator.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt["rng"])
         self.start_iter = int(ckpt["iteration"])
+        # A killed run may have logged past its last checkpoint: those steps are run again and logged again.
+        self.metrics.truncate_after(self.start_iter)
         self.load_extra_state(ckpt)
         logger.info("resumed from %s at iteration %d", latest, self.start_iter)
         return latest
 
 
-__all__ = ["RUN_FILES", "RunFolder", "TrainerBase"]
+__all__ = ["RUN_FILES", "STOP_SIGNALS", "RunFolder", "TrainerBase", "TrainingInterrupted"]

@@ -209,3 +209,84 @@ def test_periodic_evaluation_keeps_the_best_model_and_reads_the_test_set_once(
     assert (out / "model_best.pth").is_file()
     best = torch.load(out / "model_best.pth", weights_only=True)
     assert set(best["state_dict"]) == set(torch.load(out / "model_final.pth", weights_only=True)["state_dict"])
+
+
+def test_epoch_schedule_checkpoints_every_epoch_and_evaluation() -> None:
+    """A small set's run is shorter than checkpoint_period: with max_epochs it still gets a checkpoint at every
+    epoch's end (the first step past it) and every evaluation; without, only every checkpoint_period."""
+    from types import SimpleNamespace
+
+    from detection.config import load_detection_config
+    from detection.train import Trainer
+
+    def due(overrides: list[str], evaluated: int | None = None) -> list[int]:
+        cfg = load_detection_config(None, ["solver.ims_per_batch=4", "solver.checkpoint_period=500", *overrides])
+        fake = SimpleNamespace(cfg=cfg, dataset=range(10))  # 10 images, 4 per step: an epoch is 2.5 steps
+        fake.epoch = lambda i: Trainer.epoch(fake, i)
+        return [i for i in range(1, 11) if Trainer._checkpoint_due(fake, i, i == evaluated)]
+
+    assert due(["solver.max_epochs=4", "solver.max_iter=10"]) == [3, 5, 8, 10]
+    assert due(["solver.max_epochs=4", "solver.max_iter=10", "solver.checkpoint_epochs=2"], evaluated=4) == [4, 5, 10]
+    assert due(["solver.max_iter=10"], evaluated=4) == [10]
+
+
+def test_log_lines_metrics_records_csv_and_curves(tmp_path: Path, synthetic_root: Path, one_thread: None,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Without a progress bar a line every LOG_PERIOD steps (loss terms, lr, s/it, data time, ETA); the records
+    carry the epoch, smoothed losses and the per-class AP of each evaluation; results.csv and results.png follow.
+    A CPU run estimated to take long says so once, naming the CPU recipe."""
+    import detection.train as train_mod
+    from detection.config import load_detection_config
+    from detection.train import Trainer
+
+    monkeypatch.setattr(train_mod, "LOG_PERIOD", 2)
+    monkeypatch.setattr(train_mod, "LONG_CPU_RUN_S", 0.0)
+    out = tmp_path / "run"
+    cfg = load_detection_config(REPO / "configs/det/synthetic_r18_c4.yaml", [
+        *TINY_TRAINING, f"data.root={synthetic_root}", "data.num_workers=0", "solver.max_iter=6", "solver.steps=[]",
+        "test.eval_period=4", "solver.checkpoint_period=6", f"output_dir={out}"])
+    with caplog.at_level("INFO"):
+        Trainer(cfg, cpu=True, progress=False).train()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iter ")]
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert all(k in lines[0] for k in ("loss ", "rpn_cls", "lr ", "s/it (data", "eta ")), lines[0]
+    long_run = [r.getMessage() for r in caplog.records if "needs about" in r.getMessage()]
+    assert len(long_run) == 1 and "--recipe cpu" in long_run[0] and "finetune_c4_cpu.yaml" in long_run[0]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_recs] == [2, 4, 6]
+    assert {"epoch", "loss_cls", "loss_cls_mean", "data_time", "lr", "seconds_per_iter"} <= train_recs[0].keys()
+    assert train_recs[0]["epoch"] == pytest.approx(2 * 2 / 400)
+    evals = [r for r in records if "test/mAP" in r]
+    assert [r["step"] for r in evals] == [4, 6]
+    assert {"test/AP/circle", "test/AP/rectangle", "test/AP/triangle"} <= evals[0].keys()
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(records) and rows[0].startswith("step,")
+    assert (out / "results.png").stat().st_size > 1000
+
+
+def test_init_from_log_keeps_the_c4_pooler_and_reports_the_source_class_count(
+        tmp_path: Path, synthetic_root: Path, caplog: pytest.LogCaptureFixture, one_thread: None) -> None:
+    """C4 weights do not fix the pooled size (res5 runs on any): the config's stays, without a "fixed by the
+    weights" claim; the class-count line names the source detector's real count, not the config default."""
+    from detection.checkpoint import detector_payload
+    from detection.config import load_detection_config
+    from detection.faster_rcnn import build_faster_rcnn
+    from detection.train import Trainer
+
+    names = [f"c{i}" for i in range(80)]
+    src_cfg = load_detection_config(None, ["model.backbone.name=resnet18", "model.num_classes=80",
+                                           "model.roi_heads.pooler_resolution=14"])
+    src = tmp_path / "src.pth"
+    torch.save(detector_payload(build_faster_rcnn(src_cfg.model, class_names=names), src_cfg, names), src)
+    cfg = load_detection_config(REPO / "configs/det/synthetic_r18_c4.yaml", [
+        *TINY_TRAINING, f"data.root={synthetic_root}", "data.num_workers=0", f"model.weights={src}",
+        f"output_dir={tmp_path / 'run'}", "solver.max_iter=1"])
+    with caplog.at_level("INFO"):
+        trainer = Trainer(cfg, cpu=True, progress=False)
+    trainer.close()
+    assert trainer.cfg.model.roi_heads.pooler_resolution == 2  # the recipe's, not the source's 14
+    assert not [r for r in caplog.records if "pooler" in r.getMessage() and "fixed" in r.getMessage()]
+    assert f"model.num_classes = 3, from the training set ({src} was trained on 80 class(es))" in caplog.text
+    assert "20 -> " not in caplog.text

@@ -36,3 +36,12 @@ def test_convert_weights_cli(msra_r50: tuple[Path, dict[str, np.ndarray]], tmp_p
     assert tool.main(["--weights", str(tmp_path / "nope.pth"), "--depth", "50", "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert "nope.pth" in err and "Traceback" not in err
+
+
+def test_detectron2_flag_on_our_own_detector_file_says_so(tiny_checkpoint: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.pth"
+    assert convert_weights.main(["--detectron2", str(tiny_checkpoint), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already one of our detector files (resnet-det/faster-rcnn)" in err and "\n" not in err
+    assert not out.exists()

@@ -134,3 +134,11 @@ def test_coco_results_against_a_dataset_by_name(tmp_path: Path, capsys: pytest.C
     rc = eval_det.main(["--dataset", "coco2017-val", "--data-root", str(tmp_path / "data"), "--results", str(fake),
                         "--write-devkit", str(tmp_path / "dk")])
     assert rc == 2 and "--write-devkit" in capsys.readouterr().err
+
+
+def test_coco_no_such_objects_prints_as_n_a() -> None:
+    """pycocotools' -1 ("no objects of this size in the ground truth") is not a score of -100 %."""
+    from detection.evaluation import format_metrics
+
+    text = format_metrics({"mAP": 0.5, "AP": 0.5, "AP50": 0.7, "APs": -1.0, "APm": 0.25})
+    assert "APs: n/a (no such objects)" in text and "-100" not in text and "APm: 25.00" in text

@@ -82,3 +82,40 @@ def test_infer_tool_scores_a_test_set_with_tta(tmp_path: Path, tiny_checkpoint: 
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["num_images"] == 3 and metrics["tta"] == (tta or "off")
         assert 0.0 <= metrics["mAP"] <= 1.0 and set(metrics["per_class"]) <= set(TINY_CLASSES)
+
+
+def test_recursive_and_glob_inputs_list_the_files_passed_over(tmp_path: Path, tiny_checkpoint: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """--recursive takes sub-folders (names relative to the folder, the drawn images mirror it); a pattern spans
+    folders with **; files that are not images it reads (.avif) are listed on stderr and in detections.json."""
+    root = tmp_path / "shots"
+    (root / "day").mkdir(parents=True)
+    (root / "night").mkdir()
+    for i, name in enumerate(("a.png", "day/a.png", "night/b.jpg")):
+        cv2.imwrite(str(root / name), cv2.cvtColor(noise_image(64, 80, i), cv2.COLOR_RGB2BGR))
+    (root / "day" / "c.avif").write_bytes(b"\x00\x00\x00\x1cftypavif")
+    out = tmp_path / "out"
+    assert infer.main(["--checkpoint", str(tiny_checkpoint), "--input", str(root), "--recursive", "--output",
+                       str(out), "--cpu", "--score-thresh", "0.0"]) == 0
+    data = json.loads((out / "detections.json").read_text())
+    assert sorted(data["images"]) == ["a.png", "day/a.png", "night/b.jpg"]
+    assert data["passed_over"] == ["day/c.avif"]
+    assert "passed over 1 file(s) that are not images it reads (.avif: 1): day/c.avif" in capsys.readouterr().err
+    assert (out / "day" / "a.png").is_file() and (out / "night" / "b.jpg").is_file()
+    coco = json.loads((out / "coco_results.json").read_text())
+    assert coco and all(isinstance(r["image_id"], int) for r in coco)
+
+    files, passed = infer.collect_inputs([f"{root}/**/*.png", str(root / "night" / "b.jpg")])
+    assert sorted(files.values()) == ["a.png", "b.jpg", "day/a.png"] and not passed
+    assert sorted(infer.collect_inputs([str(root)])[0].values()) == ["a.png"]  # not recursive: the folder only
+    with pytest.raises(Exception, match="no file matches"):
+        infer.collect_inputs([f"{root}/*.tiff"])
+
+
+def test_coco_results_image_ids_are_integers() -> None:
+    """The dataset's ids where they are integers; a string id (VOC "000001") or an unknown file gets the next
+    free integer after the largest known one, so ids never mix types or clash."""
+    names = {Path(n): n for n in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")}
+    ids = infer.integer_image_ids(names, {"a.jpg": 7, "b.jpg": "000002", "d.jpg": 3})
+    assert ids == {Path("a.jpg"): 7, Path("b.jpg"): 9, Path("c.jpg"): 10, Path("d.jpg"): 3}
+    assert list(infer.integer_image_ids(names, {}).values()) == [0, 1, 2, 3]

@@ -84,9 +84,10 @@ def test_concatenated_sets_merge_classes_by_name(user_sets: dict) -> None:
 
 
 @pytest.mark.parametrize(("spec", "match"), [
-    ("coco:only-one-part", "expected coco:ANNOTATIONS.json:IMAGE_DIR"),
+    ("coco::images", r"expected coco:ANNOTATIONS.json\[:IMAGE_DIR\]"),
+    ("coco:a.json:", r"expected coco:ANNOTATIONS.json\[:IMAGE_DIR\]"),
     ("nosuchset", "unknown dataset 'nosuchset'"),
-    ({"format": "coco", "ann_file": "a.json"}, r"needs \['image_dir'\]"),
+    ({"format": "coco", "image_dir": "images"}, r"needs \['ann_file'\]"),
     ({"format": "yolo", "data": "d.yaml", "extra": 1}, r"unknown key\(s\) \['extra'\]"),
 ])
 def test_bad_descriptions_are_one_line(spec: object, match: str) -> None:

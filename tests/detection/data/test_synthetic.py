@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detection.data import SYNTHETIC_CLASSES, build_dataset, generate_synthetic
-from detection.data.synthetic import GENERATOR_VERSION, MARKER
+from detection.data import SYNTHETIC_CLASSES, build_dataset, catalog, generate_synthetic
+from detection.data.synthetic import DEFAULT_NUM_TEST, DEFAULT_NUM_TRAIN, GENERATOR_VERSION, MARKER
 
 SMALL = {"num_train": 6, "num_test": 3, "image_size": 128}
 
@@ -58,18 +58,18 @@ def test_voc_xml_and_coco_json_agree(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def default_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default tree (400 + 100 images), generated once: build_dataset makes it on first use."""
+    """The default tree (400 + 500 images), generated once: build_dataset makes it on first use."""
     return tmp_path_factory.mktemp("synthetic_root")
 
 
 def test_build_by_name_generates_and_exposes_both_formats(default_root: Path) -> None:
     train = build_dataset("synthetic-train", default_root, train=True, min_size=128, max_size=128)
     test = build_dataset("synthetic-test", default_root, train=False, min_size=128, max_size=128)
-    assert len(test) == 100 and 0 < len(train) <= 400  # images whose objects were all occluded are filtered
+    assert len(test) == DEFAULT_NUM_TEST and 0 < len(train) <= DEFAULT_NUM_TRAIN  # all-occluded images are filtered
     assert test.family == "synthetic" and test.default_metric == "voc" and test.class_names == SYNTHETIC_CLASSES
     assert sorted(test.coco.getImgIds()) == [int(i) for i in test.image_ids]
     assert test.contiguous_to_category_id == {0: 1, 1: 2, 2: 3}
-    for i in range(0, 100, 7):
+    for i in range(0, DEFAULT_NUM_TEST, 37):
         gt = test.get_ground_truth(i)
         anns = test.coco.loadAnns(test.coco.getAnnIds(imgIds=[int(gt["image_id"])]))
         coco_boxes = sorted([a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
@@ -134,6 +134,19 @@ def test_by_name_uses_a_current_custom_tree_and_regenerates_an_old_one(tmp_path:
     (tree / "JPEGImages" / "000000.jpg").write_bytes(b"old drawing")
     assert len(build_dataset("synthetic-test", tmp_path, train=False)) == 3  # regenerated, same parameters
     assert _tree_bytes(tree) == first
+
+
+def test_a_tree_of_an_earlier_default_is_replaced_by_the_current_default(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    generate_synthetic(tmp_path, seed=0, **SMALL)
+    calls = []
+    monkeypatch.setattr(catalog, "SUPERSEDED_DEFAULTS", ({**SMALL, "seed": 0},))
+    monkeypatch.setattr(catalog, "generate_synthetic", lambda root, **kw: calls.append(kw) or root / "synthetic")
+    catalog.ensure_synthetic(tmp_path)
+    assert calls == [{}]  # the current defaults, not the old tree's parameters
+    monkeypatch.setattr(catalog, "SUPERSEDED_DEFAULTS", ())
+    catalog.ensure_synthetic(tmp_path)
+    assert calls == [{}]  # a current custom tree is kept
 
 
 def _generate(root: str) -> str:

@@ -31,7 +31,8 @@ def test_base_and_overrides(tmp_path: Path) -> None:
         ("model.rpn.nms=0.6", "'model.rpn.nms'"),
         ("model.arch=C5", "'model.arch'"),
         ("solver.max_iter=1.5", "'solver.max_iter'"),
-        ("solver.steps=7", "'solver.steps'"),
+        ("solver.steps=seven", "'solver.steps\\[0\\]'"),
+        ("model.pixel.mean=5", "'model.pixel.mean'"),
         ("data.flip_prob=yes", "'data.flip_prob'"),
         ("model.backbone.freeze_at=null", "'model.backbone.freeze_at'"),
     ],
@@ -71,3 +72,35 @@ def test_floats_written_the_way_people_write_them(tmp_path: Path) -> None:
     assert cfg.model.rpn.nms_thresh == 0.7
     with pytest.raises(ConfigError, match="solver.base_lr.*expected a number"):
         load_detection_config(None, ["solver.base_lr=fast"])
+
+
+def test_a_scalar_where_a_list_is_expected_is_a_one_element_list(tmp_path: Path) -> None:
+    """``data.min_size_train=256`` means ``[256]``, on the command line and in a file; fixed-length tuples (a pixel
+    mean of three values) still need all their values."""
+    cfg = load_detection_config(None, ["data.min_size_train=256", "solver.steps=7"])
+    assert cfg.data.min_size_train == (256,) and cfg.solver.steps == (7,)
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  min_size_train: 320\n")
+    assert load_detection_config(path).data.min_size_train == (320,)
+    with pytest.raises(ConfigError, match="'model.pixel.mean'"):
+        load_detection_config(None, ["model.pixel.mean=5"])
+
+
+def test_a_command_line_typo_is_blamed_on_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("solver:\n  base_lr: 0.01\n")
+    with pytest.raises(ConfigError) as err:
+        load_detection_config(path, ["solver.bogus_key=1"])
+    text = str(err.value)
+    assert text.startswith("command-line override") and "'solver.bogus_key'" in text and "recipe.yaml" not in text
+    path.write_text("solver:\n  bogus_key: 1\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml.*'solver.bogus_key'"):
+        load_detection_config(path, ["solver.base_lr=0.1"])
+
+
+def test_config_differences_name_the_fields() -> None:
+    from resbackbone.engine.config import config_differences
+
+    a = load_detection_config(None, [])
+    b = load_detection_config(None, ["model.roi_heads.pooler_resolution=7", "solver.base_lr=0.5"])
+    assert config_differences(a, b, ignore=("solver.",)) == ["model.roi_heads.pooler_resolution: 14 -> 7"]
