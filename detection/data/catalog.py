@@ -405,9 +405,12 @@ def _load_part(source: DatasetSource, data_root: Path, *, side: str, classes: Se
     split = source.split or default_voc_split(layout, side)
     if split and not source.split:
         logger.info("%s: no split named; the %s side uses ImageSets/Main/%s.txt", layout.root, side, split)
-    names = list(source.classes or classes or collect_voc_classes(layout, voc_folder_ids(layout, split)))
+    # Collected from every XML of the folder, not only the split's: the training and test sides then have the
+    # same class list (a class present only in val.txt is not an "unknown class" of the test set).
+    names = list(source.classes or classes or collect_voc_classes(layout, voc_folder_ids(layout, None)))
     if not source.classes and not classes:
-        logger.info("%s: %d classes collected from its XML (sorted): %s", layout.root, len(names), ", ".join(names))
+        logger.info("%s: %d classes collected from all its XML (sorted): %s", layout.root, len(names),
+                    ", ".join(names))
     records = load_voc_folder(layout, names, split, problems)
     return _Part(records, names, "voc", "voc")
 
