@@ -13,6 +13,7 @@ inflate the test scores) and :func:`verify_images` (every training image decodes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from resbackbone.errors import DataError
 
 from .base import DetectionDataset, Record, check_size
 from .custom import Problems, image_size
-from .transforms import read_image
+from .transforms import RECOVERED_IMAGE, read_image
 
 logger = logging.getLogger("detection.data")
 
@@ -135,8 +136,7 @@ def check_dataset(
                 image, recovered = read_image(r.file)
                 h, w = image.shape[:2]
                 if recovered:
-                    report.warnings.append(("recovered_image", f"{r.file}: truncated or damaged image data, "
-                                                               "decoded as far as it goes (as image viewers do)"))
+                    report.warnings.append(("recovered_image", RECOVERED_IMAGE.format(r.file)))
             else:
                 h, w = image_size(r.file)
             check_size(r, h, w)
@@ -188,12 +188,7 @@ def shared_images(train: DetectionDataset, test: DetectionDataset) -> int:
     for f in train_files:
         by_size[_file_size(f)].append(f)
     by_size.pop(-1, None)
-    digests: dict[Path, str] = {}
-
-    def digest(path: Path) -> str:
-        if path not in digests:
-            digests[path] = _digest(path)
-        return digests[path]
+    digest = functools.cache(_digest)  # each file hashed at most once
 
     count = 0
     for r in test.records:
@@ -286,7 +281,7 @@ def _report_verified(dataset: DetectionDataset, records: list[Record], results: 
     """Warn about recovered files; raise (or, with ``skip_bad``, warn) about unusable ones."""
     recovered = sorted({str(r.file) for r in records if results[r.file].get("recovered")})
     for name in recovered[:MAX_LISTED]:
-        logger.warning("%s: truncated or damaged image data, decoded as far as it goes (as image viewers do)", name)
+        logger.warning(RECOVERED_IMAGE.format(name))
     if len(recovered) > MAX_LISTED:
         logger.warning("... and %d more recovered image(s)", len(recovered) - MAX_LISTED)
     bad = []

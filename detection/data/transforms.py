@@ -48,6 +48,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, bool]:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), recovered
 
 
+# The warning for a file decoded only as far as its data goes (training, the pre-training check, check_dataset).
+RECOVERED_IMAGE = "{}: truncated or damaged image data, decoded as far as it goes (as image viewers do)"
 # Files whose recovery was reported by this process (one warning per file, not one per epoch).
 _reported_recovered: set[Path] = set()
 
@@ -58,7 +60,7 @@ def decode_image(path: str | Path) -> np.ndarray:
     image, recovered = read_image(path)
     if recovered and Path(path) not in _reported_recovered:
         _reported_recovered.add(Path(path))
-        logger.warning("%s: truncated or damaged image data, decoded as far as it goes (as image viewers do)", path)
+        logger.warning(RECOVERED_IMAGE.format(path))
     return image
 
 
