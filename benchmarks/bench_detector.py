@@ -72,7 +72,8 @@ class _Trunk(nn.Module):
         self.out_channels = trunk.out_channels
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.trunk(x)
+        (features,) = self.trunk(x).values()  # our one-level trunk's only map
+        return features
 
 
 class _Res5Head(nn.Module):

@@ -1,6 +1,7 @@
-"""Anchors on a single stride-16 feature map (the paper's C4 / DC5 setting).
+"""Anchors on one feature map (the paper's C4 / DC5 setting, stride 16) or on every level of a pyramid (FPN).
 
-Shape shorthand: H, W feature size; A anchors per location (= len(sizes) * len(aspect_ratios)).
+Shape shorthand: L levels; H_l, W_l size of level l; A anchors per location (= sizes per level x aspect ratios,
+the same A on every level so that one RPN head serves them all); M_l = H_l * W_l * A.
 Conventions: size = sqrt(area) in input pixels, aspect ratio = h / w, centres at ``(k + offset) * stride``.
 """
 
@@ -49,38 +50,73 @@ def base_anchors(
     return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
 
+def split_sizes(sizes: Sequence[float], num_levels: int) -> tuple[tuple[float, ...], ...]:
+    """A flat list of anchor sizes -> the sizes of each of ``num_levels`` levels, in order: level l gets the l-th
+    run of ``len(sizes) / L`` sizes (FPN: ``(32, 64, 128, 256, 512)`` over P2..P6 is one size per level).
+
+    One flat list keeps the config a list of numbers; every level must get the same count (one RPN head)."""
+    if num_levels < 1 or len(sizes) % num_levels:
+        raise ValueError(f"{len(sizes)} anchor sizes cannot be shared evenly by {num_levels} feature levels")
+    per = len(sizes) // num_levels
+    return tuple(tuple(float(s) for s in sizes[i * per:(i + 1) * per]) for i in range(num_levels))
+
+
 class AnchorGenerator(nn.Module):
-    """Anchors for one feature map of a given stride; cached per (H, W, device)."""
+    """Anchors for each of L feature maps (one stride and one run of sizes per level); cached per shapes.
+
+    ``sizes``: flat, shared evenly by the levels in order (:func:`split_sizes`); ``stride``: one int (one level)
+    or one per level.
+    """
 
     def __init__(
         self,
         sizes: Sequence[float] = (128.0, 256.0, 512.0),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         *,
-        stride: int = 16,
+        stride: int | Sequence[int] = 16,
         offset: float = 0.0,
         convention: AnchorConvention = "torchvision",
     ) -> None:
         super().__init__()
-        self.stride = stride
+        self.strides = (int(stride),) if isinstance(stride, int) else tuple(int(s) for s in stride)
         self.offset = offset
         self.convention = convention
-        self.register_buffer("cell_anchors", base_anchors(sizes, aspect_ratios, convention), persistent=False)
-        self._cache: dict[tuple[int, int, str], Tensor] = {}
+        per_level = split_sizes(sizes, len(self.strides))
+        cells = [base_anchors(s, aspect_ratios, convention) for s in per_level]
+        # One (L, A, 4) buffer rather than L buffers: one device move, one name.
+        self.register_buffer("cell_anchors", torch.stack(cells), persistent=False)
+        self._cache: dict[tuple[tuple[tuple[int, int], ...], str], list[Tensor]] = {}
+
+    @property
+    def stride(self) -> int:
+        """The stride of a one-level generator (C4 / DC5)."""
+        if len(self.strides) != 1:
+            raise AttributeError(f"{len(self.strides)} levels have strides {self.strides}, not one stride")
+        return self.strides[0]
 
     @property
     def num_anchors(self) -> int:
-        return self.cell_anchors.shape[0]
+        """A, anchors per location (the same on every level)."""
+        return self.cell_anchors.shape[1]
 
     def forward(self, height: int, width: int) -> Tensor:
-        """Anchors of an ``(H, W)`` feature map: ``(H * W * A, 4)``, location-major (matches the RPN head's
-        ``(N, A, H, W) -> (N, H, W, A)`` flattening)."""
-        key = (height, width, str(self.cell_anchors.device))
+        """Anchors of a one-level generator's ``(H, W)`` feature map: ``(H * W * A, 4)``."""
+        return self.grid_anchors([(height, width)])[0]
+
+    def grid_anchors(self, shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
+        """Anchors of each level's ``(H_l, W_l)`` map: per level ``(M_l, 4)`` XYXY input pixels, location-major
+        (matches the RPN head's ``(N, A, H, W) -> (N, H, W, A)`` flattening)."""
+        if len(shapes) != len(self.strides):
+            raise ValueError(f"{len(shapes)} feature maps for anchors of {len(self.strides)} levels")
+        key = (tuple((int(h), int(w)) for h, w in shapes), str(self.cell_anchors.device))
         if key not in self._cache:
             dev = self.cell_anchors.device
-            sx = (torch.arange(width, dtype=torch.float32, device=dev) + self.offset) * self.stride
-            sy = (torch.arange(height, dtype=torch.float32, device=dev) + self.offset) * self.stride
-            yy, xx = torch.meshgrid(sy, sx, indexing="ij")
-            shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
-            self._cache = {key: (shifts + self.cell_anchors[None]).reshape(-1, 4)}  # (H*W, A, 4) -> (H*W*A, 4)
+            out = []
+            for (h, w), stride, cells in zip(shapes, self.strides, self.cell_anchors):
+                sx = (torch.arange(w, dtype=torch.float32, device=dev) + self.offset) * stride
+                sy = (torch.arange(h, dtype=torch.float32, device=dev) + self.offset) * stride
+                yy, xx = torch.meshgrid(sy, sx, indexing="ij")
+                shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
+                out.append((shifts + cells[None]).reshape(-1, 4))  # (H*W, A, 4) -> (H*W*A, 4)
+            self._cache = {key: out}
         return self._cache[key]

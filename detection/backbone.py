@@ -1,23 +1,32 @@
-"""Detection trunks: our ResNet up to res4 (C4) or a dilated res5 (DC5), or any timm ``features_only`` CNN.
+"""Detection trunks: our ResNet up to res4 (C4), with a dilated res5 (DC5), or under a feature pyramid (FPN); or
+any timm ``features_only`` CNN (one stride-16 map).
 
-A trunk maps normalized images ``(N, 3, H, W)`` to one stride-16 feature map ``(N, C, H/16, W/16)`` and tells its
-``out_channels``.
+Every trunk maps normalized images ``(N, 3, H, W)`` (H, W multiples of 32) to named feature maps
+``{name: (N, C, H / stride, W / stride)}`` and states them in ``output_shape() -> {name: ShapeSpec(channels,
+stride)}``; the RPN and the RoI heads pick theirs by name. C4 / DC5 give one map, FPN five (``p2`` .. ``p6``).
+``out_channels`` is the channel count all of a trunk's maps share.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resbackbone.blocks import NormKind
 from resbackbone.errors import ConfigError
 from resbackbone.pixels import TORCHVISION_PIXELS, PixelSpec
-from resbackbone.resnet import RESNET_SPECS, ResNet, ShortcutOption, make_resnet_stage, stage_channels
+from resbackbone.resnet import RESNET_SPECS, ResNet, ShapeSpec, ShortcutOption, make_resnet_stage, stage_channels
 
 # The paper's C4 / DC5 feature stride.
 FEATURE_STRIDE = 16
+# The name of a timm trunk's one map.
+TIMM_FEATURE = "stride16"
+# FPN: the ResNet stages it reads and the pyramid levels it gives (P6: a stride-2 subsample of P5).
+FPN_IN_FEATURES: tuple[str, ...] = ("res2", "res3", "res4", "res5")
+FPN_LEVELS: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
 
 
 RESNET_NAMES: tuple[str, ...] = tuple(f"resnet{depth}" for depth in RESNET_SPECS)
@@ -59,8 +68,79 @@ class ResNetTrunk(nn.Module):
         self.out_channels = stage_channels(depth, last)[1]
         self.stride_in_1x1 = stride_in_1x1
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)[self.last]
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {self.last: ShapeSpec(self.out_channels, FEATURE_STRIDE)}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``(N, 3, H, W)`` -> ``{"res4" or "res5": (N, C, H/16, W/16)}``."""
+        return self.body(x)
+
+
+class FPNTrunk(nn.Module):
+    """A ResNet (``body``, its stage names unchanged) under a feature pyramid (Lin et al. 2017): res2..res5 ->
+    P2..P5 by 1x1 lateral convolutions, a top-down path (nearest x2 upsampling, summed with the lateral) and 3x3
+    output convolutions, all ``out_channels`` wide; P6 is P5 subsampled by a stride-2 max pool of size 1 (the
+    extra RPN level of Detectron2 and torchvision).
+
+    ``norm``: "none" (convolutions with bias: Detectron2, torchvision v1) or "bn" (bias-free convolutions with
+    BatchNorm: torchvision's v2). Module lists run from res2 to res5.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        *,
+        out_channels: int = 256,
+        norm: Literal["none", "bn"] = "none",
+        freeze_at: int = 2,
+        body_norm: NormKind = "bn",
+        stride_in_1x1: bool = False,
+        shortcut: ShortcutOption = "B",
+    ) -> None:
+        super().__init__()
+        if norm not in ("none", "bn"):
+            raise ConfigError(f"model.fpn.norm must be none or bn, got {norm!r}")
+        self.body = ResNet(
+            depth,
+            num_classes=None,
+            out_features=FPN_IN_FEATURES,
+            freeze_at=freeze_at,
+            norm=body_norm,
+            stride_in_1x1=stride_in_1x1,
+            shortcut=shortcut,
+        )
+        shapes = self.body.output_shape()
+        self.lateral_convs = nn.ModuleList(_fpn_conv(shapes[f].channels, out_channels, 1, norm)
+                                           for f in FPN_IN_FEATURES)
+        self.output_convs = nn.ModuleList(_fpn_conv(out_channels, out_channels, 3, norm) for _ in FPN_IN_FEATURES)
+        self.out_channels = out_channels
+        self.stride_in_1x1 = stride_in_1x1
+        self._shapes = {f"p{i}": ShapeSpec(out_channels, 2**i) for i in range(2, 7)}
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return dict(self._shapes)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``(N, 3, H, W)`` -> ``{"p2": (N, C, H/4, W/4), ..., "p6": (N, C, H/64, W/64)}``."""
+        bottom_up = self.body(x)
+        laterals = [conv(bottom_up[f]) for conv, f in zip(self.lateral_convs, FPN_IN_FEATURES)]
+        top_down = laterals[-1]
+        outputs = [self.output_convs[-1](top_down)]
+        for lateral, out_conv in zip(reversed(laterals[:-1]), reversed(self.output_convs[:-1])):
+            # Upsampled to the lateral's size (exactly 2x for inputs padded to multiples of 32).
+            top_down = lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+            outputs.insert(0, out_conv(top_down))
+        outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))  # P6
+        return dict(zip(FPN_LEVELS, outputs))
+
+
+def _fpn_conv(in_channels: int, out_channels: int, kernel: int, norm: str) -> nn.Module:
+    """One FPN convolution (Xavier-like init, zero bias, as both references), or convolution + BatchNorm."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=norm == "none")
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        nn.init.constant_(conv.bias, 0.0)
+    return conv if norm == "none" else nn.Sequential(conv, nn.BatchNorm2d(out_channels))
 
 
 def build_res5_head(
@@ -122,8 +202,12 @@ class TimmTrunk(nn.Module):
         self.out_channels = int(self.body.feature_info.channels()[-1])
         self.pixel_spec = timm_pixel_spec(name) if pretrained else TORCHVISION_PIXELS
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)[-1]
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {TIMM_FEATURE: ShapeSpec(self.out_channels, FEATURE_STRIDE)}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``(N, 3, H, W)`` -> ``{"stride16": (N, C, H/16, W/16)}``."""
+        return {TIMM_FEATURE: self.body(x)[-1]}
 
 
 def timm_pixel_spec(name: str) -> PixelSpec:
@@ -139,6 +223,9 @@ def timm_pixel_spec(name: str) -> PixelSpec:
 
 __all__ = [
     "FEATURE_STRIDE",
+    "FPNTrunk",
+    "FPN_IN_FEATURES",
+    "FPN_LEVELS",
     "ResNetTrunk",
     "TimmTrunk",
     "build_res5_head",

@@ -50,8 +50,11 @@ def clip_boxes(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> 
 
 
 def nonempty(boxes: Tensor, min_size: float) -> Tensor:
-    """``(..., 4)`` -> bool ``(...)``: both sides at least ``min_size``."""
-    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+    """``(..., 4)`` -> bool ``(...)``: both sides positive and at least ``min_size`` (``min_size`` 0: the non-empty
+    boxes, as Detectron2's ``Boxes.nonempty()``; > 0: torchvision's ``remove_small_boxes``)."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return (w >= min_size) & (h >= min_size) & (w > 0) & (h > 0)
 
 
 def pad_boxes(boxes: list[Tensor], labels: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:

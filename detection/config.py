@@ -30,6 +30,16 @@ class BackboneConfig:
     stride_in_1x1: bool | None = None
     # Shortcut option of paper Table 3: "A" zero-pad, "B" projection on dimension change, "C" always projection.
     shortcut: Literal["A", "B", "C"] = "B"
+    # Epsilon of the trunk's BatchNorm / FrozenBN (torchvision's COCO_V1 FPN detector runs with 0).
+    norm_eps: float = 1e-5
+
+
+@dataclass
+class FPNConfig:
+    # arch FPN only: width of every pyramid level (the lateral and output convolutions).
+    out_channels: int = 256
+    # "none": convolutions with bias (Detectron2, torchvision v1); "bn": with BatchNorm (torchvision v2).
+    norm: Literal["none", "bn"] = "none"
 
 
 @dataclass
@@ -44,7 +54,8 @@ class PixelConfig:
 
 @dataclass
 class AnchorConfig:
-    # Anchor sizes: sqrt(area) in input pixels (paper: 128/256/512 for VOC, adds 64 for COCO).
+    # Anchor sizes: sqrt(area) in input pixels (paper: 128/256/512 for VOC, adds 64 for COCO). With several feature
+    # levels (FPN: P2..P6) the list is shared evenly by the levels in order: (32, 64, 128, 256, 512) is one per level.
     sizes: tuple[float, ...] = (128.0, 256.0, 512.0)
     # Aspect ratios h / w.
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -63,14 +74,18 @@ class RPNConfig:
     # IoU >= fg is positive, < bg is negative (in between ignored); best anchor per gt is positive too.
     fg_iou_thresh: float = 0.7
     bg_iou_thresh: float = 0.3
-    # Proposal generation: top-k by objectness per image before NMS and kept after NMS.
+    # Proposal generation: top-k by objectness per image and feature level before NMS (FPN: 2000 / 1000 per level),
+    # kept per image after NMS (FPN training: Detectron2 1000, torchvision 2000).
     pre_nms_topk_train: int = 12000
     post_nms_topk_train: int = 2000
     pre_nms_topk_test: int = 6000
     post_nms_topk_test: int = 1000
     nms_thresh: float = 0.7
-    # Proposals with a side shorter than this (input pixels) are dropped.
-    min_box_size: float = 0.0
+    # Proposals with a side shorter than this (input pixels) are dropped (torchvision 1e-3; Detectron2 0: only empty
+    # boxes).
+    min_box_size: float = 1e-3
+    # 3x3 convolutions before the RPN's sibling 1x1s (torchvision's FPN v2: 2).
+    head_convs: int = 1
     # Box regression loss: smooth L1 with this beta (0 = L1), and loss weight.
     smooth_l1_beta: float = 0.0
     loss_weight: float = 1.0
@@ -80,11 +95,19 @@ class RPNConfig:
 class RoIHeadConfig:
     # "roi_align" (default; better) or "roi_pool" (the paper's RoI pooling).
     pooler_type: Literal["roi_align", "roi_pool"] = "roi_align"
-    # Pooled size on res4 before res5 (C4: 14 -> res5 stride 2 -> 7x7), and RoIAlign sampling ratio.
+    # Pooled size on res4 before res5 (C4: 14 -> res5 stride 2 -> 7x7; DC5 / FPN: 7), and RoIAlign sampling ratio
+    # (0: adaptive, Detectron2; torchvision: 2).
     pooler_resolution: int = 14
     sampling_ratio: int = 0
     # RoIAlign half-pixel alignment (Detectron2's ROIAlignV2; False reproduces torchvision's MultiScaleRoIAlign).
     aligned: bool = True
+    # FPN: a RoI of sqrt(area) s is pooled from level floor(canonical_level + log2(s / canonical_box_size)), with
+    # level_epsilon added inside the log (Detectron2: 1e-8) or, level_epsilon_in_log false, to the level
+    # (torchvision: 1e-6); clamped to P2..P5.
+    canonical_box_size: float = 224.0
+    canonical_level: int = 4
+    level_epsilon: float = 1e-8
+    level_epsilon_in_log: bool = True
     # RoIs sampled per image for the head loss and their foreground fraction.
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
@@ -94,21 +117,30 @@ class RoIHeadConfig:
     # Box coding weights (dx, dy, dw, dh) of the head.
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     smooth_l1_beta: float = 0.0
-    # Inference: minimum score, per-class NMS IoU (paper VOC: 0.3), detections kept per image.
+    # Inference: minimum score, per-class NMS IoU (paper VOC: 0.3), detections kept per image, and the smallest side
+    # of a kept detection in input pixels (torchvision 1e-2, Detectron2 0: only empty boxes are dropped).
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_image: int = 100
-    # DC5 only: width of the two fc layers of the light head.
+    min_box_size: float = 1e-2
+    # DC5 / FPN box head: num_conv 3x3 convolutions of conv_dim channels (conv_norm "bn": with BatchNorm), then
+    # num_fc fc layers of fc_dim (Detectron2 and torchvision v1: 0 convs, 2 fc; torchvision v2: 4 convs + BN, 1 fc).
     fc_dim: int = 1024
+    num_fc: int = 2
+    num_conv: int = 0
+    conv_dim: int = 256
+    conv_norm: Literal["none", "bn"] = "none"
 
 
 @dataclass
 class ModelConfig:
     # "C4": RPN + RoI pooling on res4, res5 per RoI (paper). "DC5": dilated res5 on the image, 2-fc head.
-    arch: Literal["C4", "DC5"] = "C4"
+    # "FPN": a feature pyramid P2..P6 on res2..res5, RPN on every level, RoIs pooled from P2..P5 by size, fc head.
+    arch: Literal["C4", "DC5", "FPN"] = "C4"
     # Number of foreground classes K (VOC 20, COCO 80); background is label K.
     num_classes: int = 20
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
     pixel: PixelConfig = field(default_factory=PixelConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)

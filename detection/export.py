@@ -19,7 +19,7 @@ class ExportableDetector(nn.Module):
     """One fixed-size image ``(1, 3, H, W)`` float RGB 0-255 -> ``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)``.
 
     The same computation as ``FasterRCNN.forward`` in eval mode for one image (boxes in the input image's pixels,
-    padding to the size divisibility included). C4 and DC5 models (any ``roi_heads.box_head``) are supported.
+    padding to the size divisibility included). C4, DC5 and FPN models (any ``roi_heads.box_head``) are supported.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -33,12 +33,12 @@ class ExportableDetector(nn.Module):
         d = m.size_divisibility
         # Zero-pad after normalizing, to the model's size divisibility, exactly as FasterRCNN.preprocess does.
         x = F.pad(x, (0, -w % d, 0, -h % d))
-        features = m.trunk(x)  # (1, C, H/16, W/16)
+        features = m.trunk(x)  # {name: (1, C, H / stride, W / stride)}
         # The size is fixed at export, so a constant in the graph is what it should be.
         sizes = torch.tensor([[h, w]], device=image.device)  # (1, 2)
         rpn = m.rpn
-        anchors, logits, deltas = rpn.predict(features)  # (M, 4), (1, M), (1, M, 4)
-        proposals, _, _ = rpn.propose_flat(anchors, logits, deltas, sizes)  # (P, 4)
+        pred = rpn.predict(features)  # anchors (M, 4), logits (1, M), deltas (1, M, 4), level sizes
+        proposals, _, _ = rpn.propose_flat(pred.anchors, pred.logits, pred.deltas, sizes, pred.level_sizes)  # (P, 4)
         heads = m.roi_heads
         cls_logits, box_deltas = heads.predict(features, [proposals])
         boxes, probs = heads.class_boxes(cls_logits, box_deltas, proposals, sizes)  # (P, K, 4), (P, K)
@@ -47,16 +47,16 @@ class ExportableDetector(nn.Module):
 
 
 class ExportableBackbone(nn.Module):
-    """``(1, 3, H, W)`` float RGB 0-255 -> the trunk's stride-16 features ``(1, C, H/16, W/16)`` (normalized
-    inside, as the detector does)."""
+    """``(1, 3, H, W)`` float RGB 0-255 -> the trunk's feature maps ``(1, C, H / stride, W / stride)`` in the order
+    of ``trunk.output_shape()`` (normalized inside, as the detector does)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.normalizer = model.normalizer
         self.trunk = model.trunk
 
-    def forward(self, image: Tensor) -> Tensor:
-        return self.trunk(self.normalizer(image))
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.trunk(self.normalizer(image)).values())
 
 
 __all__ = ["ExportableBackbone", "ExportableDetector"]

@@ -3,6 +3,8 @@
 "C4": stem..res4 once per image (stride 16), RPN on res4, RoI pooling on res4 to 14x14, res5 per RoI (first block
 stride 2 -> 7x7), global average pooling, sibling (K+1)-way classifier and class-specific box regressor.
 "DC5": res5 dilated on the whole image (stride 16), RPN and 7x7 pooling on it, a 2-fc head.
+"FPN" (Lin et al. 2017): a feature pyramid P2..P6 on res2..res5, one RPN head on every level, each RoI pooled 7x7
+from the level of its size (P2..P5), a 2-fc head. The same modules; the builder assembles them per architecture.
 
 Shape shorthand: N images, Hi x Wi image sizes, H x W padded batch size, K foreground classes.
 """
@@ -11,23 +13,33 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from resbackbone.errors import WeightsError
+from resbackbone.errors import ConfigError, WeightsError
 from resbackbone.pixels import MSRA_PIXELS, TORCHVISION_PIXELS, PixelNormalizer, PixelSpec
 from resbackbone.weights import WeightsInfo
 
-from .backbone import FEATURE_STRIDE, ResNetTrunk, TimmTrunk, build_res5_head, resnet_depth, timm_pixel_spec
+from .backbone import (
+    FPN_LEVELS,
+    FPNTrunk,
+    ResNetTrunk,
+    TimmTrunk,
+    build_res5_head,
+    resnet_depth,
+    timm_pixel_spec,
+)
 from .config import ModelConfig, PixelConfig
 from .roi_heads import C4BoxHead, FCBoxHead, RoIHeads
 from .rpn import RPN
 
 logger = logging.getLogger("detection.faster_rcnn")
+
+T = TypeVar("T")
 
 # Padded batch sides are multiples of this (the deepest stride of any trunk we build, so features align).
 SIZE_DIVISIBILITY = 32
@@ -114,6 +126,29 @@ class FasterRCNN(nn.Module):
             groups.setdefault(key, []).append(i)
         return list(groups.values())
 
+    def per_padding_group(self, images: Sequence[Tensor], run: Callable[[list[int]], list[T]]) -> list[T]:
+        """``run(indices)`` -> one result per image of ``indices``, called once per padding group (see
+        :meth:`padding_groups`); the results back in the images' order. Inference paths (forward, TTA) use it."""
+        groups = self.padding_groups(images)
+        if len(groups) == 1:
+            return run(groups[0])
+        out: list[Any] = [None] * len(images)
+        for idx in groups:
+            for i, r in zip(idx, run(idx)):
+                out[i] = r
+        return out
+
+    def features(self, images: Sequence[Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """The one feature extraction of training, inference, TTA: normalize, pad into a batch, run the trunk.
+
+        Returns the trunk's named maps (``{name: (N, C, H / stride, W / stride)}``, see ``trunk.output_shape()``)
+        and the image sizes ``(N, 2)`` (Hi, Wi) before padding.
+        """
+        batch, sizes = self.preprocess(images)
+        if self.training and batch.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.trunk(batch), sizes
+
     def forward(
         self,
         images: Sequence[Tensor],
@@ -121,28 +156,23 @@ class FasterRCNN(nn.Module):
         *,
         orig_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if not self.training and len(images) > 1:
-            groups = self.padding_groups(images)
-            if len(groups) > 1:
-                # Each padded size as its own batch (see padding_groups), results back in the callers' order.
-                out: list[dict[str, Tensor]] = [{} for _ in images]
-                for idx in groups:
-                    sub = self.forward([images[i] for i in idx],
-                                       orig_sizes=None if orig_sizes is None else [orig_sizes[i] for i in idx])
-                    for i, det in zip(idx, sub):
-                        out[i] = det
-                return out
-        batch, sizes = self.preprocess(images)
-        if self.training and batch.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        features = self.trunk(batch)  # (N, C, H/16, W/16)
         if self.training:
             if targets is None:
                 raise ValueError("FasterRCNN in training mode needs targets (call model.eval() for inference)")
+            features, sizes = self.features(images)
             gt_boxes, gt_labels = self._targets(targets, len(images))
             proposals, _, rpn_losses = self.rpn(features, sizes, gt_boxes)
             _, head_losses = self.roi_heads(features, proposals, sizes, gt_boxes, gt_labels)
             return {**rpn_losses, **head_losses}
+        # Each padded size as its own batch (see padding_groups), results back in the callers' order.
+        return self.per_padding_group(
+            images, lambda idx: self._detect([images[i] for i in idx],
+                                             None if orig_sizes is None else [orig_sizes[i] for i in idx]))
+
+    def _detect(self, images: Sequence[Tensor], orig_sizes: Sequence[tuple[int, int]] | None
+                ) -> list[dict[str, Tensor]]:
+        """Inference on images of one padded size."""
+        features, sizes = self.features(images)
         proposals, _, _ = self.rpn(features, sizes)
         detections, _ = self.roi_heads(features, proposals, sizes)
         if orig_sizes is not None:
@@ -266,7 +296,8 @@ def pixel_spec_of(cfg: ModelConfig) -> PixelSpec:
 
 
 def _load_backbone_weights(model: FasterRCNN, weights: BackboneWeights, arch: str, what: str) -> None:
-    """stem..res4 (C4) or stem..res5 (DC5) into the trunk, res5 into the C4 head, with the weights' key checks."""
+    """stem..res4 (C4) or stem..res5 (DC5, FPN) into the trunk's ResNet, res5 into the C4 head, with the weights'
+    key checks."""
     from resbackbone.weights import load_converted
 
     load_converted(model.trunk.body, weights.state, weights.info, what=what)
@@ -307,31 +338,43 @@ def build_faster_rcnn(
     rh = cfg.roi_heads
     a = cfg.anchors
     r = cfg.rpn
+    if cfg.arch == "FPN" and bb.name.startswith("timm:"):
+        raise ConfigError(f"model.arch FPN needs one of our ResNets (resnet18..152) as backbone, got {bb.name!r}")
+    fc_head = {"fc_dim": rh.fc_dim, "num_fc": rh.num_fc, "num_conv": rh.num_conv, "conv_dim": rh.conv_dim,
+               "conv_norm": rh.conv_norm}
     if bb.name.startswith("timm:"):
         trunk: nn.Module = TimmTrunk(bb.name[5:], weights=bb.weights if load_timm else "none")
-        box_head: nn.Module = FCBoxHead(trunk.out_channels, rh.pooler_resolution, rh.fc_dim)
+        box_head: nn.Module = FCBoxHead(trunk.out_channels, rh.pooler_resolution, **fc_head)
         if cfg.arch == "C4":
             logger.info("timm backbones have no separable res5: using the 2-fc (DC5-style) box head")
     else:
         depth = resnet_depth(bb.name)
-        trunk = ResNetTrunk(
-            depth,
-            dilated_res5=cfg.arch == "DC5",
-            freeze_at=bb.freeze_at,
-            norm=norm,
-            stride_in_1x1=bb.stride_in_1x1,
-            shortcut=bb.shortcut,
-        )
+        if cfg.arch == "FPN":
+            trunk = FPNTrunk(depth, out_channels=cfg.fpn.out_channels, norm=cfg.fpn.norm, freeze_at=bb.freeze_at,
+                             body_norm=norm, stride_in_1x1=bb.stride_in_1x1, shortcut=bb.shortcut)
+        else:
+            trunk = ResNetTrunk(depth, dilated_res5=cfg.arch == "DC5", freeze_at=bb.freeze_at, norm=norm,
+                                stride_in_1x1=bb.stride_in_1x1, shortcut=bb.shortcut)
         if cfg.arch == "C4":
             res5, channels = build_res5_head(depth, norm=norm, stride_in_1x1=bb.stride_in_1x1, shortcut=bb.shortcut)
             box_head = C4BoxHead(res5, channels)
         else:
-            box_head = FCBoxHead(trunk.out_channels, rh.pooler_resolution, rh.fc_dim)
+            box_head = FCBoxHead(trunk.out_channels, rh.pooler_resolution, **fc_head)
+    if bb.norm_eps != DEFAULT_NORM_EPS:
+        set_norm_eps(trunk, bb.norm_eps)
+        if cfg.arch == "C4":
+            set_norm_eps(box_head, bb.norm_eps)
+    shapes = trunk.output_shape()
+    # FPN: the RPN runs on P2..P6, RoIs are pooled from P2..P5 (P6 only adds large anchors); one map otherwise.
+    rpn_features = tuple(shapes)
+    roi_features = tuple(f for f in shapes if f != FPN_LEVELS[-1]) if cfg.arch == "FPN" else rpn_features
     rpn = RPN(
         trunk.out_channels,
         anchor_sizes=a.sizes,
         aspect_ratios=a.aspect_ratios,
-        stride=FEATURE_STRIDE,
+        stride=tuple(shapes[f].stride for f in rpn_features),
+        in_features=rpn_features,
+        head_convs=r.head_convs,
         anchor_offset=a.offset,
         anchor_convention=a.convention,
         batch_size_per_image=r.batch_size_per_image,
@@ -348,11 +391,16 @@ def build_faster_rcnn(
     heads = RoIHeads(
         box_head,
         num_classes=cfg.num_classes,
-        spatial_scale=1.0 / FEATURE_STRIDE,
+        strides=tuple(shapes[f].stride for f in roi_features),
+        in_features=roi_features,
         pooler_type=rh.pooler_type,
         pooler_resolution=rh.pooler_resolution,
         sampling_ratio=rh.sampling_ratio,
         aligned=rh.aligned,
+        canonical_box_size=rh.canonical_box_size,
+        canonical_level=rh.canonical_level,
+        level_epsilon=rh.level_epsilon,
+        level_epsilon_in_log=rh.level_epsilon_in_log,
         batch_size_per_image=rh.batch_size_per_image,
         positive_fraction=rh.positive_fraction,
         fg_iou_thresh=rh.fg_iou_thresh,
@@ -362,6 +410,7 @@ def build_faster_rcnn(
         score_thresh=rh.score_thresh,
         nms_thresh=rh.nms_thresh,
         detections_per_image=rh.detections_per_image,
+        min_box_size=rh.min_box_size,
     )
     model = FasterRCNN(trunk, rpn, heads, pixel_spec=pixel_spec_of(cfg), class_names=class_names)
     if weights is not None:
@@ -369,6 +418,19 @@ def build_faster_rcnn(
     if cfg.compile:
         compile_hot_modules(model)
     return model
+
+
+# BatchNorm's default epsilon (torch, torchvision, Detectron2).
+DEFAULT_NORM_EPS = 1e-5
+
+
+def set_norm_eps(module: nn.Module, eps: float) -> None:
+    """Set the epsilon of every BatchNorm / FrozenBN in ``module`` (an attribute, not part of the state dict)."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+            m.eps = eps
 
 
 def compile_hot_modules(model: FasterRCNN) -> None:

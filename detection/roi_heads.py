@@ -1,5 +1,6 @@
 """Fast R-CNN RoI heads: proposal sampling, RoI pooling, a per-RoI box head, sibling predictors, losses, and
-inference post-processing. The C4 box head is res5 itself (He et al. 2016, Appendix A); DC5 uses two fc layers.
+inference post-processing. The C4 box head is res5 itself (He et al. 2016, Appendix A); DC5 and FPN use two fc
+layers (torchvision's FPN v2: four 3x3 convolutions with BatchNorm and one fc).
 
 Shape shorthand: N images, P proposals per image (padded), G ground truth per image (padded), R RoIs in the
 whole batch, C channels, S pooled size, D box-head feature size, K foreground classes (background = K).
@@ -13,7 +14,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, roi_align, roi_pool
+from torchvision.ops import batched_nms
 
 from .box_coder import BoxCoder
 from .boxes import (
@@ -26,10 +27,12 @@ from .boxes import (
     topk_per_image,
 )
 from .matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
-from .rpn import _smooth_l1
+from .pooler import CANONICAL_BOX_SIZE, CANONICAL_LEVEL, D2_LEVEL_EPSILON, RoIPooler
+from .rpn import Features, _smooth_l1, select_levels
 from .sampler import sample_balanced
 
-# Detections with a side below this many pixels are dropped after decoding (torchvision's value).
+# Detections with a side below this many pixels are dropped after decoding (torchvision's value; Detectron2
+# keeps every non-empty box: 0).
 MIN_DETECTION_SIZE = 1e-2
 
 
@@ -46,19 +49,49 @@ class C4BoxHead(nn.Module):
 
 
 class FCBoxHead(nn.Module):
-    """The light DC5 head: flatten, fc + ReLU, fc + ReLU: ``(R, C, S, S)`` -> ``(R, fc_dim)``."""
+    """The light per-RoI head of DC5 and FPN: ``num_conv`` 3x3 convolutions (torchvision's v2: 4, with
+    BatchNorm), flatten, ``num_fc`` fc layers, each followed by ReLU: ``(R, C, S, S)`` -> ``(R, fc_dim)``."""
 
-    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int,
+        fc_dim: int = 1024,
+        *,
+        num_fc: int = 2,
+        num_conv: int = 0,
+        conv_dim: int = 256,
+        conv_norm: Literal["none", "bn"] = "none",
+    ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_channels * resolution * resolution, fc_dim)
-        self.fc2 = nn.Linear(fc_dim, fc_dim)
-        self.out_channels = fc_dim
-        for fc in (self.fc1, self.fc2):
+        if num_fc < 1:
+            raise ValueError(f"the box head needs at least one fc layer, got num_fc={num_fc}")
+        channels = in_channels
+        self.num_conv, self.num_fc = num_conv, num_fc
+        for i in range(1, num_conv + 1):
+            conv = nn.Conv2d(channels, conv_dim, 3, padding=1, bias=conv_norm == "none")
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.constant_(conv.bias, 0.0)
+            # With BatchNorm: conv{i}.0 the (bias-free) convolution, conv{i}.1 its BatchNorm.
+            self.add_module(f"conv{i}", conv if conv_norm == "none" else nn.Sequential(conv, nn.BatchNorm2d(conv_dim)))
+            channels = conv_dim
+        width = channels * resolution * resolution
+        for i in range(1, num_fc + 1):
+            fc = nn.Linear(width, fc_dim)
             nn.init.kaiming_uniform_(fc.weight, a=1)
             nn.init.constant_(fc.bias, 0.0)
+            self.add_module(f"fc{i}", fc)
+            width = fc_dim
+        self.out_channels = fc_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+        for i in range(1, self.num_conv + 1):
+            x = F.relu(getattr(self, f"conv{i}")(x))
+        x = x.flatten(1)  # (R, C', S, S) -> (R, C' S S)
+        for i in range(1, self.num_fc + 1):
+            x = F.relu(getattr(self, f"fc{i}")(x))
+        return x
 
 
 class RoIHeads(nn.Module):
@@ -69,11 +102,16 @@ class RoIHeads(nn.Module):
         box_head: nn.Module,
         *,
         num_classes: int,
-        spatial_scale: float = 1.0 / 16,
+        strides: Sequence[int] = (16,),
+        in_features: Sequence[str] | None = None,
         pooler_type: Literal["roi_align", "roi_pool"] = "roi_align",
         pooler_resolution: int = 14,
         sampling_ratio: int = 0,
         aligned: bool = True,
+        canonical_box_size: float = CANONICAL_BOX_SIZE,
+        canonical_level: int = CANONICAL_LEVEL,
+        level_epsilon: float = D2_LEVEL_EPSILON,
+        level_epsilon_in_log: bool = True,
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
         fg_iou_thresh: float = 0.5,
@@ -83,6 +121,7 @@ class RoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
+        min_box_size: float = MIN_DETECTION_SIZE,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -96,11 +135,13 @@ class RoIHeads(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.constant_(self.cls_score.bias, 0.0)
         nn.init.constant_(self.bbox_pred.bias, 0.0)
-        self.spatial_scale = spatial_scale
-        self.pooler_type = pooler_type
-        self.pooler_resolution = pooler_resolution
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
+        self.pooler = RoIPooler(
+            strides, pooler_resolution, pooler_type=pooler_type, sampling_ratio=sampling_ratio, aligned=aligned,
+            canonical_box_size=canonical_box_size, canonical_level=canonical_level, level_epsilon=level_epsilon,
+            level_epsilon_in_log=level_epsilon_in_log,
+        )
+        # Names of the trunk's maps to pool from, in stride order; None: whatever it is given, in order.
+        self.in_features = tuple(in_features) if in_features is not None else None
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
         self.fg_iou_thresh = fg_iou_thresh
@@ -111,20 +152,17 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        self.min_box_size = min_box_size
 
     # ------------------------------------------------------------------------------------------------ pieces
 
-    def pool(self, features: Tensor, boxes: list[Tensor]) -> Tensor:
-        """RoI pooling of per-image boxes ``(Ri, 4)`` on ``features (N, C, H, W)`` -> ``(R, C, S, S)``."""
-        rois = torch.cat(
-            [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0
-        ).to(features.dtype)  # (R, 5): image index, x1, y1, x2, y2
-        size = (self.pooler_resolution, self.pooler_resolution)
-        if self.pooler_type == "roi_pool":
-            return roi_pool(features, rois, size, self.spatial_scale)
-        return roi_align(features, rois, size, self.spatial_scale, self.sampling_ratio, self.aligned)
+    def pool(self, features: Features, boxes: list[Tensor]) -> Tensor:
+        """RoI pooling of per-image boxes ``(Ri, 4)`` on the padded batch's maps ``(N, C, H_l, W_l)`` ->
+        ``(R, C, S, S)`` (each RoI from its pyramid level when there are several)."""
+        levels = select_levels(features, self.in_features, len(self.pooler.strides), "the RoI heads")
+        return self.pooler(levels, boxes)
 
-    def predict(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def predict(self, features: Features, boxes: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Class logits ``(R, K+1)`` and class-specific deltas ``(R, 4K)`` for the given per-image boxes."""
         x = self.box_head(self.pool(features, boxes))
         return self.cls_score(x), self.bbox_pred(x)
@@ -164,7 +202,7 @@ class RoIHeads(nn.Module):
 
     def forward(
         self,
-        features: Tensor,
+        features: Features,
         proposals: list[Tensor],
         image_sizes: Tensor,
         gt_boxes: list[Tensor] | None = None,
@@ -240,6 +278,7 @@ class RoIHeads(nn.Module):
             score_thresh=self.score_thresh,
             nms_thresh=self.nms_thresh,
             detections_per_image=self.detections_per_image,
+            min_box_size=self.min_box_size,
         )
 
     @torch.no_grad()
@@ -291,8 +330,9 @@ def select_detections(
     score_thresh: float,
     nms_thresh: float,
     detections_per_image: int,
+    min_box_size: float = MIN_DETECTION_SIZE,
 ) -> tuple[Candidates, Tensor]:
-    """Score threshold, size floor (``MIN_DETECTION_SIZE``), NMS per (image, class), top detections per image.
+    """Score threshold, size floor (``min_box_size``), NMS per (image, class), top detections per image.
 
     Args:
         boxes: ``(R, K, 4)`` class-specific boxes; probs: ``(R, K)`` their scores (:meth:`RoIHeads.class_boxes`).
@@ -307,7 +347,7 @@ def select_detections(
     if image_index is None and num_images != 1:
         raise ValueError(f"image_index is needed for {num_images} images")
     k = probs.shape[1]
-    keep = (probs > score_thresh) & nonempty(boxes, MIN_DETECTION_SIZE)  # (R, K)
+    keep = (probs > score_thresh) & nonempty(boxes, min_box_size)  # (R, K)
     # One nonzero (a host read of C, unavoidable: the candidates' number depends on the scores) and integer
     # gathers, rather than one boolean index (each its own nonzero) per gathered tensor. Same rows, same order.
     idx = keep.flatten().nonzero().squeeze(1)  # (C,) into the row-major (R, K)

@@ -1,12 +1,15 @@
-"""Region Proposal Network (Ren et al. 2015) on one stride-16 feature map, batched over images.
+"""Region Proposal Network (Ren et al. 2015) on one stride-16 feature map (C4 / DC5) or on every level of a
+feature pyramid (FPN, Lin et al. 2017: one head shared by the levels), batched over images.
 
-Shape shorthand: N images, C feature channels, H x W feature map, A anchors per location, M = H * W * A anchors
-per image, G padded ground-truth boxes per image, k pre-NMS top-k, R proposals kept per image.
+Shape shorthand: N images, C feature channels, L levels, H_l x W_l level size, A anchors per location,
+M_l = H_l * W_l * A anchors of level l, M = sum of M_l, G padded ground-truth boxes per image, k_l pre-NMS top-k of
+level l, k = sum of k_l, R proposals kept per image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,25 +28,70 @@ SENTINEL_CORNER = -1.0e4
 
 
 class RPNHead(nn.Module):
-    """3x3 conv + ReLU, then sibling 1x1 convs: objectness logit per anchor and 4 deltas per anchor."""
+    """3x3 conv + ReLU (``num_convs`` of them; torchvision's v2 has 2), then sibling 1x1 convs: an objectness logit
+    and 4 deltas per anchor. One head serves every pyramid level."""
 
-    def __init__(self, in_channels: int, num_anchors: int) -> None:
+    def __init__(self, in_channels: int, num_anchors: int, num_convs: int = 1) -> None:
         super().__init__()
+        if num_convs < 1:
+            raise ValueError(f"the RPN head needs at least one 3x3 convolution, got num_convs={num_convs}")
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        # The first convolution keeps its name ("conv") whatever the depth: one-conv checkpoints load unchanged.
+        self.extra_convs = nn.ModuleList(nn.Conv2d(in_channels, in_channels, 3, padding=1)
+                                         for _ in range(num_convs - 1))
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
-        for layer in (self.conv, self.objectness, self.deltas):
+        for layer in (self.conv, *self.extra_convs, self.objectness, self.deltas):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.constant_(layer.bias, 0.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(N, C, H, W)`` -> logits ``(N, A, H, W)``, deltas ``(N, 4A, H, W)``."""
         t = F.relu(self.conv(x))
+        for conv in self.extra_convs:
+            t = F.relu(conv(t))
         return self.objectness(t), self.deltas(t)
 
 
+# What the detector's modules take as features: one map (a one-level trunk), the maps of the levels in order, or
+# the trunk's named maps (each module picks its ``in_features`` by name).
+Features = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
+
+
+def select_levels(features: Features, in_features: Sequence[str] | None, num_levels: int, what: str) -> list[Tensor]:
+    """``features`` -> the list of level maps a module runs on, checked against the number it was built for."""
+    if isinstance(features, Tensor):
+        levels = [features]
+    elif isinstance(features, Mapping):
+        if in_features is None:
+            levels = list(features.values())
+        else:
+            missing = [n for n in in_features if n not in features]
+            if missing:
+                raise KeyError(f"{what} needs features {list(in_features)}; the trunk gave {list(features)}")
+            levels = [features[n] for n in in_features]
+    else:
+        levels = list(features)
+    if len(levels) != num_levels:
+        raise ValueError(f"{what} was built for {num_levels} feature level(s) but got {len(levels)}")
+    return levels
+
+
+class RPNPrediction(NamedTuple):
+    """The RPN head on every anchor of every level; anchor ``j`` of every image at row ``j``, levels in order."""
+
+    anchors: Tensor  # (M, 4) XYXY input pixels, shared by all images; M = sum of the levels' M_l
+    logits: Tensor  # (N, M) objectness logits
+    deltas: Tensor  # (N, M, 4)
+    level_sizes: tuple[int, ...]  # (M_1, ..., M_L), Python ints
+
+
 class RPN(nn.Module):
-    """Anchors, head, matching + sampling + losses in training, top-k + NMS proposals always."""
+    """Anchors, head, matching + sampling + losses in training, top-k + NMS proposals always.
+
+    Several levels (FPN): top-k before NMS is taken per level, NMS runs per (image, level), the top R after NMS per
+    image (Detectron2's and torchvision's rule). One level (C4 / DC5) is the same code with L = 1.
+    """
 
     def __init__(
         self,
@@ -51,7 +99,9 @@ class RPN(nn.Module):
         *,
         anchor_sizes: Sequence[float] = (128.0, 256.0, 512.0),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        stride: int = 16,
+        stride: int | Sequence[int] = 16,
+        in_features: Sequence[str] | None = None,
+        head_convs: int = 1,
         anchor_offset: float = 0.0,
         anchor_convention: AnchorConvention = "torchvision",
         batch_size_per_image: int = 256,
@@ -61,7 +111,7 @@ class RPN(nn.Module):
         pre_nms_topk: tuple[int, int] = (12000, 6000),
         post_nms_topk: tuple[int, int] = (2000, 1000),
         nms_thresh: float = 0.7,
-        min_box_size: float = 0.0,
+        min_box_size: float = 1e-3,
         smooth_l1_beta: float = 0.0,
         loss_weight: float = 1.0,
     ) -> None:
@@ -69,62 +119,68 @@ class RPN(nn.Module):
         self.anchor_generator = AnchorGenerator(
             anchor_sizes, aspect_ratios, stride=stride, offset=anchor_offset, convention=anchor_convention
         )
-        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors)
+        self.num_levels = len(self.anchor_generator.strides)
+        # Names of the trunk's maps this RPN runs on, in level order; None: whatever it is given, in order.
+        self.in_features = tuple(in_features) if in_features is not None else None
+        if self.in_features is not None and len(self.in_features) != self.num_levels:
+            raise ValueError(f"in_features {self.in_features} for {self.num_levels} anchor levels")
+        self.head = RPNHead(in_channels, self.anchor_generator.num_anchors, head_convs)
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
-        # (train, test) limits.
+        # (train, test) limits: pre-NMS per level, post-NMS per image.
         self.pre_nms_topk = pre_nms_topk
         self.post_nms_topk = post_nms_topk
         self.nms_thresh = nms_thresh
-        # torchvision drops proposals with a side < 1e-3 px even when no minimum is asked for: degenerate boxes
-        # break RoI pooling statistics. Keep that floor.
-        self.min_box_size = max(min_box_size, 1e-3)
+        # Proposals with a side below this are dropped before NMS (degenerate boxes break RoI pooling statistics):
+        # torchvision drops sides < 1e-3 px, Detectron2 only empty boxes (0).
+        self.min_box_size = min_box_size
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
 
     def forward(
-        self, features: Tensor, image_sizes: Tensor, gt_boxes: list[Tensor] | None = None
+        self, features: Features, image_sizes: Tensor, gt_boxes: list[Tensor] | None = None
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         """
         Args:
-            features: ``(N, C, H, W)`` stride-16 features of the padded batch.
+            features: the padded batch's feature maps (see :data:`Features`), each ``(N, C, H_l, W_l)``.
             image_sizes: ``(N, 2)`` (height, width) of each image before padding, input pixels.
             gt_boxes: training only: per image ``(Gi, 4)`` XYXY input pixels (Gi may be 0).
         Returns:
             proposals (per image ``(Ri, 4)``, detached), their objectness logits (per image ``(Ri,)``), and a
             dict of losses and statistics (empty at inference).
         """
-        anchors, logits, deltas = self.predict(features)
-        proposals, scores = self.propose(anchors, logits.detach(), deltas.detach(), image_sizes)
+        pred = self.predict(features)
+        proposals, scores = self.propose(pred.anchors, pred.logits.detach(), pred.deltas.detach(), image_sizes,
+                                         pred.level_sizes)
         losses: dict[str, Tensor] = {}
         if self.training:
             if gt_boxes is None:
                 raise ValueError("RPN needs gt_boxes in training mode")
-            losses = self.losses(anchors, logits, deltas, gt_boxes)
+            losses = self.losses(pred.anchors, pred.logits, pred.deltas, gt_boxes)
         return proposals, scores, losses
 
-    def predict(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The head on every anchor.
-
-        Args:
-            features: ``(N, C, H, W)`` stride-16 features.
-        Returns:
-            anchors ``(M, 4)`` XYXY input pixels (shared by all images), objectness logits ``(N, M)`` and deltas
-            ``(N, M, 4)``, anchor ``j`` of every image at row ``j``.
-        """
-        n, _, h, w = features.shape
-        logits, deltas = self.head(features)
-        anchors = self.anchor_generator(h, w)  # (M, 4)
-        # (N, A, H, W) -> (N, H, W, A) -> (N, M); (N, 4A, H, W) -> (N, H, W, A, 4) -> (N, M, 4)
-        logits = logits.permute(0, 2, 3, 1).reshape(n, -1)
-        deltas = deltas.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
-        return anchors, logits, deltas
+    def predict(self, features: Features) -> RPNPrediction:
+        """The head on every anchor of every level (levels concatenated in order; see :class:`RPNPrediction`)."""
+        levels = select_levels(features, self.in_features, self.num_levels, "the RPN")
+        anchors = self.anchor_generator.grid_anchors([(int(f.shape[-2]), int(f.shape[-1])) for f in levels])
+        all_logits, all_deltas = [], []
+        for x in levels:
+            n, _, h, w = x.shape
+            logits, deltas = self.head(x)
+            # (N, A, H, W) -> (N, H, W, A) -> (N, M_l); (N, 4A, H, W) -> (N, H, W, A, 4) -> (N, M_l, 4)
+            all_logits.append(logits.permute(0, 2, 3, 1).reshape(n, -1))
+            all_deltas.append(deltas.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+        if len(levels) == 1:
+            return RPNPrediction(anchors[0], all_logits[0], all_deltas[0], (anchors[0].shape[0],))
+        return RPNPrediction(torch.cat(anchors), torch.cat(all_logits, 1), torch.cat(all_deltas, 1),
+                             tuple(a.shape[0] for a in anchors))
 
     @torch.no_grad()
     def propose(
-        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor,
+        level_sizes: Sequence[int] | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """:meth:`propose_flat` split per image, computed per image so that the host reads nothing but each
         image's NMS output size (the one data-dependent shape a proposal list has).
@@ -133,12 +189,12 @@ class RPN(nn.Module):
         and their logits (per image ``(Ri,)`` float32), by descending logit: the same boxes in the same order as
         :meth:`propose_flat` (NMS of each image is independent of the others).
         """
-        boxes, scores, valid = self._top_candidates(anchors, logits, deltas, image_sizes)  # (N, k, 4), (N, k) x2
+        boxes, scores, valid, level = self._top_candidates(anchors, logits, deltas, image_sizes, level_sizes)
         n = boxes.shape[0]
         post = self.post_nms_topk[0 if self.training else 1]
         if self.nms_thresh >= 1.0:
             # NMS suppresses nothing, so the sentinels below would all survive: filter on the host instead.
-            flat = self.propose_flat(anchors, logits, deltas, image_sizes)
+            flat = self.propose_flat(anchors, logits, deltas, image_sizes, level_sizes)
             proposals, proposal_scores = split_by_image(flat[2], n, flat[0], flat[1])
             return proposals, proposal_scores
         # Dropping invalid boxes by a boolean mask would read their number back to the host. Instead they become
@@ -150,38 +206,64 @@ class RPN(nn.Module):
         sentinel[..., 2:] += 1.0  # (N, 1, 4): a 1 x 1 px box, positive area so that copies overlap with IoU 1
         cand = torch.cat([torch.where(valid[..., None], boxes, sentinel), sentinel], dim=1)  # (N, k+1, 4)
         masked = torch.cat([scores.masked_fill(~valid, float("-inf")), scores.new_full((n, 1), float("-inf"))], 1)
+        if level is not None:
+            # Several levels: NMS per level. The sentinels form group 0 of their own (batched_nms's coordinate
+            # offset is 0 for it, so they stay far from every real box), level l is group l + 1.
+            groups = torch.cat([level + 1, level.new_zeros(1)])[None].expand(n, -1)  # (N, k+1)
+            groups = groups.masked_fill(~torch.cat([valid, valid.new_zeros(n, 1)], 1), 0)
         proposals, proposal_scores = [], []
         for i in range(n):
             # nms returns indices by descending score: a host sync per image (its output size), unavoidable.
-            kept = nms(cand[i], masked[i], self.nms_thresh)[:-1][:post]  # (Ri,), all < k (real boxes)
+            kept = nms(cand[i], masked[i], self.nms_thresh) if level is None else \
+                batched_nms(cand[i], masked[i], groups[i], self.nms_thresh)
+            kept = kept[:-1][:post]  # (Ri,), all < k (real boxes)
             proposals.append(boxes[i, kept])
             proposal_scores.append(scores[i, kept])
         return proposals, proposal_scores
 
     @torch.no_grad()
     def _top_candidates(
-        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-k anchors per image by objectness, decoded and clipped: boxes ``(N, k, 4)`` XYXY input pixels,
-        their logits ``(N, k)`` float32 by descending value, and ``(N, k)`` bool: both sides >= the minimum."""
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor,
+        level_sizes: Sequence[int] | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Top-k anchors per image and level by objectness, decoded and clipped: boxes ``(N, k, 4)`` XYXY input
+        pixels, their logits ``(N, k)`` float32 (by descending value within each level), ``(N, k)`` bool: both
+        sides >= the minimum, and the level of each column ``(k,)`` int64 (None for one level)."""
         n, m = logits.shape
         mode = 0 if self.training else 1
-        k = min(self.pre_nms_topk[mode], m)
-        top_logits, top_idx = logits.float().topk(k, dim=1)  # (N, k)
+        sizes_l = [m] if level_sizes is None else [int(s) for s in level_sizes]
+        if sum(sizes_l) != m:
+            raise ValueError(f"level sizes {sizes_l} do not add up to the {m} anchors")
+        if len(sizes_l) == 1:
+            top_logits, top_idx = logits.float().topk(min(self.pre_nms_topk[mode], m), dim=1)  # (N, k)
+            level = None
+        else:
+            tops, idxs, lv, start = [], [], [], 0
+            for i, m_l in enumerate(sizes_l):
+                k_l = min(self.pre_nms_topk[mode], m_l)
+                t, j = logits[:, start:start + m_l].float().topk(k_l, dim=1)  # (N, k_l)
+                tops.append(t)
+                idxs.append(j + start)
+                lv.append(torch.full((k_l,), i, dtype=torch.int64, device=logits.device))
+                start += m_l
+            top_logits, top_idx, level = torch.cat(tops, 1), torch.cat(idxs, 1), torch.cat(lv)  # (N, k), (k,)
         top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))  # (N, k, 4)
         boxes = self.box_coder.decode(top_deltas, anchors[top_idx])  # (N, k, 4)
         sizes = image_sizes.to(boxes)
         boxes = clip_boxes(boxes, sizes[:, 0, None], sizes[:, 1, None])
-        return boxes, top_logits, nonempty(boxes, self.min_box_size)
+        return boxes, top_logits, nonempty(boxes, self.min_box_size), level
 
     @torch.no_grad()
     def propose_flat(
-        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: Tensor,
+        level_sizes: Sequence[int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Top-k by objectness, decode, clip, drop tiny boxes, NMS per image, keep the top R per image.
+        """Top-k by objectness per level, decode, clip, drop tiny boxes, NMS per image and level, keep the top R
+        per image.
 
         Args:
-            anchors, logits, deltas: as :meth:`predict` returns them, ``(M, 4)``, ``(N, M)``, ``(N, M, 4)``.
+            anchors, logits, deltas, level_sizes: as :meth:`predict` returns them, ``(M, 4)``, ``(N, M)``,
+                ``(N, M, 4)``, the levels' anchor counts (None: one level).
             image_sizes: ``(N, 2)`` (height, width) before padding, input pixels.
         Returns:
             proposals ``(P, 4)`` XYXY input pixels, their logits ``(P,)`` float32 and image index ``(P,)``, grouped
@@ -189,11 +271,13 @@ class RPN(nn.Module):
             for N = 1 the steps trace into an ONNX graph (the export path; the model's forward uses
             :meth:`propose`, which reads less back to the host on a GPU).
         """
-        boxes, top_logits, keep = self._top_candidates(anchors, logits, deltas, image_sizes)  # (N, k, ...)
+        boxes, top_logits, keep, level = self._top_candidates(anchors, logits, deltas, image_sizes, level_sizes)
         n, k = keep.shape
         img = torch.arange(n, device=boxes.device)[:, None].expand(n, k)
-        boxes, scores, img = boxes[keep], top_logits[keep], img[keep]  # flat (P', ...)
-        kept = batched_nms(boxes, scores, img, self.nms_thresh)  # indices by descending score
+        # One group per (image, level); the level count comes from the host-side sizes, not from the device.
+        group = img if level is None else img * len(level_sizes or ()) + level[None]  # (N, k)
+        boxes, scores, img, group = boxes[keep], top_logits[keep], img[keep], group[keep]  # flat (P', ...)
+        kept = batched_nms(boxes, scores, group, self.nms_thresh)  # indices by descending score
         kept = topk_per_image(kept, img[kept], n, self.post_nms_topk[0 if self.training else 1])
         return boxes[kept], scores[kept], img[kept]
 

@@ -14,7 +14,7 @@ scales the paper pools each RoI from two adjacent pyramid levels and merges thei
 that needs a model trained that way. We merge the detections of all scales instead (Detectron's
 ``TEST.BBOX_AUG`` practice), which works with any trained model.
 
-The detector is used through its public sub-modules (``preprocess``, ``trunk``, ``rpn``, ``roi_heads.predict``,
+The detector is used through its public parts (``features``, ``per_padding_group``, ``rpn``, ``roi_heads.predict``,
 ``roi_heads.class_boxes``) and the model's own candidate selection (:func:`detection.roi_heads.select_detections`,
 which also hands back the candidates box voting needs); nothing in it is modified.
 
@@ -37,7 +37,7 @@ from resbackbone.errors import ConfigError
 
 from .boxes import cat_per_image, clip_boxes
 from .data.transforms import resize_scale
-from .roi_heads import select_detections
+from .roi_heads import MIN_DETECTION_SIZE, select_detections
 
 # The paper's multi-scale pyramid (shorter sides, pixels).
 PAPER_SCALES = (200, 400, 600, 800, 1000)
@@ -110,20 +110,17 @@ def candidates(model: nn.Module, images: Sequence[Tensor], *, refine: bool) -> t
     Returns:
         per image boxes ``(Mi, K, 4)`` XYXY input pixels and scores ``(Mi, K)``; input sizes ``(N, 2)`` (Hi, Wi).
     """
-    groups = model.padding_groups(images)
-    if len(groups) > 1:
-        # Each padded size as its own batch, as the model's forward does: an image's candidates do not depend on
-        # what it is batched with.
-        out_boxes, out_probs = [torch.empty(0)] * len(images), [torch.empty(0)] * len(images)
-        sizes_out = torch.zeros(len(images), 2, dtype=torch.int64, device=model.device)
-        for idx in groups:
-            b, p, s = candidates(model, [images[i] for i in idx], refine=refine)
-            for j, i in enumerate(idx):
-                out_boxes[i], out_probs[i] = b[j], p[j]
-            sizes_out[idx] = s.to(sizes_out)
-        return out_boxes, out_probs, sizes_out
-    batch, sizes = model.preprocess(images)
-    features = model.trunk(batch)
+    # Each padded size as its own batch, as the model's forward does: an image's candidates do not depend on what
+    # it is batched with.
+    per_image = model.per_padding_group(images, lambda idx: _candidates([images[i] for i in idx], model, refine))
+    boxes_out, probs_out = [b for b, _ in per_image], [p for _, p in per_image]
+    sizes = torch.tensor([[int(im.shape[-2]), int(im.shape[-1])] for im in images], device=model.device)
+    return boxes_out, probs_out, sizes
+
+
+def _candidates(images: Sequence[Tensor], model: nn.Module, refine: bool) -> list[tuple[Tensor, Tensor]]:
+    """:func:`candidates` for images of one padded size: per image ``((Mi, K, 4), (Mi, K))``."""
+    features, sizes = model.features(images)
     proposals, _, _ = model.rpn(features, sizes)
     heads = model.roi_heads
     counts = [p.shape[0] for p in proposals]
@@ -140,7 +137,7 @@ def candidates(model: nn.Module, images: Sequence[Tensor], *, refine: bool) -> t
         boxes2, probs2 = heads.class_boxes(logits2, deltas2, firsts, roi_sizes)
         out_boxes = [torch.cat(pair) for pair in zip(out_boxes, boxes2.split(counts))]  # (2 Ri, K, 4)
         out_probs = [torch.cat(pair) for pair in zip(out_probs, probs2.split(counts))]
-    return out_boxes, out_probs, sizes
+    return list(zip(out_boxes, out_probs))
 
 
 def box_voting(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
@@ -170,6 +167,7 @@ def merge_candidates(
     nms_thresh: float,
     detections_per_image: int,
     voting_iou: float | None,
+    min_box_size: float = MIN_DETECTION_SIZE,
 ) -> dict[str, Tensor]:
     """Threshold, per-class NMS, optional box voting, top detections: ``(M, K, 4)``, ``(M, K)`` -> detections
     ``{"boxes" (D, 4), "scores" (D,), "labels" (D,)}`` by descending score."""
@@ -181,6 +179,7 @@ def merge_candidates(
         score_thresh=score_thresh,
         nms_thresh=nms_thresh,
         detections_per_image=detections_per_image,
+        min_box_size=min_box_size,
     )
     out_boxes = cands.boxes[kept]
     if voting_iou is not None:
@@ -237,6 +236,7 @@ def predict_tta(
             nms_thresh=heads.nms_thresh,
             detections_per_image=heads.detections_per_image,
             voting_iou=options.voting_iou if options.box_voting else None,
+            min_box_size=heads.min_box_size,
         )
         for bs, ss in zip(per_image_boxes, per_image_scores)
     ]

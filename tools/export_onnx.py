@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model_final.pth or a training checkpoint")
     p.add_argument("--output", required=True, help="the .onnx file to write")
-    p.add_argument("--backbone-only", action="store_true", help="export normalizer + trunk (stride-16 features)")
+    p.add_argument("--backbone-only", action="store_true", help="export normalizer + trunk (its feature maps)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default: the config's test min_size x max_size, rounded up to 32)")
     p.add_argument("--opset", type=int, default=OPSET)
@@ -65,7 +65,9 @@ def export(checkpoint: str | Path, output: str | Path, *, backbone_only: bool = 
     output.parent.mkdir(parents=True, exist_ok=True)
     if backbone_only:
         module: torch.nn.Module = ExportableBackbone(model).eval()
-        names, dynamic = ["features"], {"image": {2: "height", 3: "width"}, "features": {2: "fh", 3: "fw"}}
+        # One output per feature map, named as the trunk names them (C4: res4; FPN: p2 .. p6).
+        names = list(model.trunk.output_shape())
+        dynamic = {"image": {2: "height", 3: "width"}, **{n: {2: f"{n}_h", 3: f"{n}_w"} for n in names}}
     else:
         module = ExportableDetector(model).eval()
         names = ["boxes", "scores", "labels"]
@@ -91,8 +93,7 @@ def check(checkpoint: str | Path, onnx_path: str | Path, size: tuple[int, int], 
     module = ExportableBackbone(model) if backbone_only else ExportableDetector(model)
     image = (torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255).float()
     with torch.no_grad():
-        ref = module.eval()(image)
-    ref_t = (ref,) if backbone_only else ref
+        ref_t = module.eval()(image)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"image": image.numpy()})
     worst = 0.0

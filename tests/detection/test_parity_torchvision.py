@@ -168,3 +168,78 @@ def test_roi_head_losses_match_torchvision() -> None:
     torch.testing.assert_close(losses["loss_cls"], ref["loss_classifier"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(losses["loss_box_reg"], ref["loss_box_reg"], rtol=1e-4, atol=1e-5)
     assert 0 < losses["roi_fg_fraction"].item() < 1
+
+
+# ------------------------------------------------------------------------------------------ several levels (FPN)
+
+STRIDES = (4, 8, 16)
+
+
+def _pyramid(n: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(4)
+    return [torch.randn(n, C, IMAGE // s, IMAGE // s, generator=g) for s in STRIDES]
+
+
+def test_multilevel_rpn_proposals_match_torchvision() -> None:
+    """One head over three levels: top-k per level, NMS per (image, level), top-k per image, as torchvision."""
+    torch.manual_seed(0)
+    pre, post = 100, 60
+    ours = RPN(C, anchor_sizes=SIZES, aspect_ratios=RATIOS, stride=STRIDES, pre_nms_topk=(pre, pre),
+               post_nms_topk=(post, post), nms_thresh=0.7).eval()
+    for p in ours.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    head = RPNHead(C, 3)
+    head.conv[0][0].load_state_dict(ours.head.conv.state_dict())
+    head.cls_logits.load_state_dict(ours.head.objectness.state_dict())
+    head.bbox_pred.load_state_dict(ours.head.deltas.state_dict())
+    tv = RegionProposalNetwork(
+        TVAnchorGenerator(tuple((s,) for s in SIZES), (RATIOS,) * 3), head, 0.7, 0.3, 256, 0.5,
+        {"training": pre, "testing": pre}, {"training": post, "testing": post}, 0.7,
+    ).eval()
+    feats = _pyramid()
+    sizes = [(IMAGE, IMAGE), (IMAGE - 20, IMAGE - 40)]
+    with torch.no_grad():
+        props, logits, _ = ours({"a": feats[0], "b": feats[1], "c": feats[2]}, torch.tensor(sizes))
+        ref_boxes, ref_scores = tv(ImageList(torch.zeros(2, 3, IMAGE, IMAGE), sizes),
+                                   {str(i): f for i, f in enumerate(feats)})
+        pred = ours.predict(feats)
+        flat = ours.propose_flat(pred.anchors, pred.logits, pred.deltas, torch.tensor(sizes), pred.level_sizes)
+    assert pred.level_sizes == tuple((IMAGE // s) ** 2 * 3 for s in STRIDES)
+    for i, (p, s, rb, rs) in enumerate(zip(props, logits, ref_boxes, ref_scores)):
+        assert p.shape == rb.shape and p.shape[0] == post
+        torch.testing.assert_close(p, rb, atol=BOX_TOL_PX, rtol=0)
+        torch.testing.assert_close(torch.sigmoid(s), rs)
+        torch.testing.assert_close(flat[0][flat[2] == i], p)  # the export path: the same proposals
+
+
+def test_multilevel_pooling_matches_multiscale_roi_align() -> None:
+    """Each RoI from its level (canonical 224 px at level 4, torchvision's epsilon after the log), as
+    MultiScaleRoIAlign; boxes of every size so every level and both clamps are used."""
+    from detection.pooler import TV_LEVEL_EPSILON, RoIPooler
+
+    pooler = RoIPooler(STRIDES, 7, sampling_ratio=2, aligned=False, level_epsilon=TV_LEVEL_EPSILON,
+                       level_epsilon_in_log=False)
+    tv = MultiScaleRoIAlign(["0", "1", "2"], 7, 2)
+    g = torch.Generator().manual_seed(5)
+    feats = _pyramid()
+    boxes = []
+    for n in (30, 20):
+        xy = torch.rand(n, 2, generator=g) * 60
+        wh = torch.rand(n, 2, generator=g) ** 2 * 300 + 2  # 2 .. 302 px: levels 2, 3, 4 (clamped above and below)
+        boxes.append(torch.cat([xy, xy + wh], dim=1))
+    boxes[0][0] = torch.tensor([0.0, 0.0, 112.0, 112.0])  # exactly on the level 3 / 4 boundary (2^-1 x 224)
+    ours = pooler(feats, boxes)
+    ref = tv({str(i): f for i, f in enumerate(feats)}, boxes, [(IMAGE, IMAGE)] * 2)
+    levels = pooler.levels_of(torch.cat(boxes))
+    assert set(levels.tolist()) == {0, 1, 2}
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+def test_level_assignment_epsilon_placement() -> None:
+    """Detectron2 adds its epsilon inside the log, torchvision after it: both put a 224 px box on level 4 and a
+    112 px box on level 3; the clamps hold."""
+    from detection.pooler import D2_LEVEL_EPSILON, TV_LEVEL_EPSILON, assign_levels
+
+    boxes = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 111, 111], [0, 0, 2, 2], [0, 0, 2000, 2000.0]])
+    for eps, in_log in ((D2_LEVEL_EPSILON, True), (TV_LEVEL_EPSILON, False)):
+        assert assign_levels(boxes, 2, 5, epsilon=eps, epsilon_in_log=in_log).tolist() == [2, 1, 0, 0, 3]

@@ -42,9 +42,9 @@ def test_flat_proposals_are_the_per_image_lists() -> None:
     sizes = torch.tensor([[128, 128], [100, 70], [64, 128]])
     with torch.no_grad():
         props, logits, _ = rpn(feats, sizes)
-        anchors, obj, deltas = rpn.predict(feats)
+        anchors, obj, deltas, _ = rpn.predict(feats)
         boxes, scores, image_index = rpn.propose_flat(anchors, obj, deltas, sizes)
-        one = rpn.propose_flat(*rpn.predict(feats[1:2]), sizes[1:2])
+        one = rpn.propose_flat(*rpn.predict(feats[1:2])[:3], sizes[1:2])
         alone, alone_logits, _ = rpn(feats[1:2], sizes[1:2])
     assert anchors.shape == (8 * 8 * 9, 4) and obj.shape == (3, 8 * 8 * 9) and deltas.shape == (3, 8 * 8 * 9, 4)
     assert torch.equal(boxes, torch.cat(props)) and torch.equal(scores, torch.cat(logits))

@@ -56,7 +56,7 @@ def test_backbone_onnx_matches_pytorch_at_other_sizes(tmp_path: Path, tiny_check
     for h, w in ((H, W), (96, 64)):  # height and width are dynamic axes
         image = probe_images(h, w)[0][None]
         with torch.inference_mode():
-            ref = tiny_detector.trunk(tiny_detector.normalizer(image))
+            (ref,) = tiny_detector.trunk(tiny_detector.normalizer(image)).values()
         (got,) = sess.run(None, {"image": image.numpy()})
         assert got.shape == tuple(ref.shape) == (1, 256, h // 16, w // 16)
         np.testing.assert_allclose(got, ref.numpy(), atol=1e-3, rtol=1e-4)
