@@ -152,10 +152,14 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
 # instead of the config. The pooling settings are not among them: C4's res5 head runs on any pooled size (a run may
 # pool 4x4 on CPU from a detector trained at 14x14); only DC5's fc layers fix their resolution and width.
 WEIGHT_BOUND_FIELDS: tuple[str, ...] = (
-    "arch", "backbone.name", "backbone.stride_in_1x1", "backbone.shortcut", "pixel", "anchors",
+    "arch", "backbone.name", "backbone.stride_in_1x1", "backbone.shortcut", "backbone.norm_eps", "pixel", "anchors",
+    "rpn.head_convs",
 )
-# Fields bound only for some architectures (C4 has no fc layers).
-ARCH_BOUND_FIELDS: dict[str, tuple[str, ...]] = {"DC5": ("roi_heads.pooler_resolution", "roi_heads.fc_dim")}
+# Fields bound only for some architectures (C4 has no fc layers; the FPN's convolutions and the light head's
+# layers fix tensor shapes).
+_FC_HEAD_FIELDS = ("roi_heads.pooler_resolution", "roi_heads.fc_dim", "roi_heads.num_fc", "roi_heads.num_conv",
+                   "roi_heads.conv_dim", "roi_heads.conv_norm")
+ARCH_BOUND_FIELDS: dict[str, tuple[str, ...]] = {"DC5": _FC_HEAD_FIELDS, "FPN": ("fpn", *_FC_HEAD_FIELDS)}
 # Parameters whose rows are per class (background last in cls_score): kept by class name when fine-tuning.
 _CLASS_ROWS = {"roi_heads.cls_score.weight": 1, "roi_heads.cls_score.bias": 1, "roi_heads.bbox_pred.weight": 4,
                "roi_heads.bbox_pred.bias": 4}

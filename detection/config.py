@@ -253,8 +253,9 @@ DEFAULT_CONFIGS: dict[str, str] = {
 DEFAULT_TEST_SETS: dict[str, str] = {"synthetic-train": "synthetic-test", "synthetic-test": "synthetic-test"}
 
 
-# The fine-tuning recipes for a user's own data: the default (GPU-sized, the paper's resolution) and the CPU-sized one.
-RECIPES: dict[str, str] = {"default": "finetune_c4.yaml", "cpu": "finetune_c4_cpu.yaml"}
+# The fine-tuning recipes for a user's own data: the default (R50-FPN, GPU-sized, what Detectron2 and torchvision
+# users fine-tune from) and the CPU-sized one.
+RECIPES: dict[str, str] = {"default": "finetune_fpn.yaml", "cpu": "finetune_c4_cpu.yaml"}
 
 
 def default_config_name(dataset: Any, recipe: str = "default") -> str:

@@ -15,7 +15,7 @@ from detection.checkpoint import detector_payload
 from detection.config import DetectionConfig, load_detection_config
 from detection.data import generate_synthetic
 from detection.faster_rcnn import FasterRCNN, build_faster_rcnn
-from tests.helpers import TINY_CLASSES, TINY_DETECTOR, msra_blobs, write_voc_tree, write_voc_year
+from tests.helpers import TINY_CLASSES, TINY_DETECTOR, TINY_FPN_DETECTOR, msra_blobs, write_voc_tree, write_voc_year
 
 
 @pytest.fixture
@@ -50,6 +50,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_detector: Fas
     """``model_final.pth`` of :func:`tiny_detector`, as training writes it."""
     path = tmp_path_factory.mktemp("ckpt") / "model_final.pth"
     torch.save(detector_payload(tiny_detector, tiny_detector_cfg, TINY_CLASSES), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_fpn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model_final.pth`` of a random (seed 0) ResNet-18 FPN detector (:data:`tests.helpers.TINY_FPN_DETECTOR`)
+    with non-trivial BN statistics."""
+    from tests.helpers import randomize_bn_statistics
+
+    cfg = load_detection_config(None, TINY_FPN_DETECTOR)
+    torch.manual_seed(0)
+    model = build_faster_rcnn(cfg.model, class_names=TINY_CLASSES).eval()
+    randomize_bn_statistics(model)
+    path = tmp_path_factory.mktemp("fpn") / "model_final.pth"
+    torch.save(detector_payload(model, cfg, TINY_CLASSES), path)
     return path
 
 

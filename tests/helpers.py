@@ -71,6 +71,15 @@ TINY_DETECTOR = [
     "data.max_size_test=96",
 ]
 
+# The FPN twin of TINY_DETECTOR (fixtures tiny_fpn_detector / tiny_fpn_checkpoint): one anchor size per level.
+TINY_FPN_DETECTOR = [
+    *TINY_DETECTOR,
+    "model.arch=FPN",
+    "model.anchors.sizes=[16,32,64,128,256]",
+    "model.roi_heads.pooler_resolution=7",
+    "model.roi_heads.fc_dim=64",
+]
+
 # A CPU-sized C4 model and solver for training runs: seconds per run.
 TINY_TRAINING = [
     "model.backbone.name=resnet18",
@@ -91,11 +100,12 @@ TINY_TRAINING = [
 
 
 def tiny_config(arch: str = "C4", *, freeze_at: int = 0, name: str = "resnet18") -> ModelConfig:
-    """A CPU-sized detector: 64-128 px images, small anchors, 7x7 pooling, few RoIs."""
+    """A CPU-sized detector (C4, DC5 or FPN): 64-128 px images, small anchors, 7x7 pooling, few RoIs."""
     cfg = ModelConfig(arch=arch, num_classes=3)
     cfg.backbone.name = name
     cfg.backbone.freeze_at = freeze_at
-    cfg.anchors.sizes = (16.0, 32.0, 64.0)
+    # FPN: one size per level P2..P6.
+    cfg.anchors.sizes = (16.0, 32.0, 64.0, 128.0, 256.0) if arch == "FPN" else (16.0, 32.0, 64.0)
     cfg.rpn.post_nms_topk_train = 64
     cfg.rpn.pre_nms_topk_test = 200
     cfg.rpn.post_nms_topk_test = 16

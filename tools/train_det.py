@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train (fine-tune) and evaluate the Faster R-CNN C4 / DC5 detector.
+"""Train (fine-tune) and evaluate the Faster R-CNN detector (C4, DC5 or FPN).
 
     python tools/train_det.py                                   # embedded synthetic set: trains, evaluates
     python tools/train_det.py --dataset voc07+12 --backbone resnet101
@@ -8,7 +8,7 @@
     python tools/train_det.py --eval-only --checkpoint output/x/model_final.pth
     python tools/train_det.py --config my.yaml --init-from r50_c4_coco.pth   # fine-tune a trained detector
     python tools/train_det.py --dataset coco:train.json:images/ --test-dataset coco:val.json:images/ \
-        --init-from r50_c4_coco.pth                                # your own data (configs/det/finetune_c4.yaml)
+        --init-from r50_fpn_coco.pth                               # your own data (configs/det/finetune_fpn.yaml)
     python tools/train_det.py --dataset voc:my_set --recipe cpu --epochs 12 --imgsz 320 --batch 4   # on a CPU
 
 Ctrl-C (or SIGTERM) stops at the end of the current step with a checkpoint; ``--resume`` continues from it.
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: the paper's setting for --dataset, see configs/det)")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="fine-tuning recipe for your own data: default (configs/det/finetune_c4.yaml) or cpu "
+                   help="fine-tuning recipe for your own data: default (configs/det/finetune_fpn.yaml) or cpu "
                         "(configs/det/finetune_c4_cpu.yaml: ResNet-18, small images, few RoIs, AdamW)")
     p.add_argument("--dataset", help="training set: a name (voc07+12, coco2017-train; default synthetic-train) or "
                                      "your own: coco:ANN.json:IMAGE_DIR, voc:FOLDER[:SPLIT], yolo:DATA.yaml[:SPLIT]")

@@ -133,7 +133,7 @@ def test_zero_proposals_give_empty_detections(c4_model: FasterRCNN) -> None:
         assert det["labels"].dtype == torch.int64
 
 
-@pytest.mark.parametrize("arch", ["C4", "DC5"])
+@pytest.mark.parametrize("arch", ["C4", "DC5", "FPN"])
 def test_detections_do_not_depend_on_what_an_image_is_batched_with(arch: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """An image alone and in a batch with a larger and a portrait image: the same detections (1e-3 px, 1e-4).
@@ -172,15 +172,34 @@ def test_batch_equals_single_image_inference(c4_model: FasterRCNN) -> None:
     torch.testing.assert_close(both[0]["scores"], alone[0]["scores"], atol=SCORE_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ["DC5"])
-def test_dc5_trains_and_infers(arch: str) -> None:
+@pytest.mark.parametrize("arch", ["DC5", "FPN"])
+def test_dc5_and_fpn_train_and_infer(arch: str) -> None:
     torch.manual_seed(0)
     model = build_faster_rcnn(tiny_config(arch))
-    assert model.trunk.out_channels == 512 and model.roi_heads.box_head.out_channels == 64
-    out = model.train()(_images(1), [_target([[4, 6, 30, 40]], [1])])
+    assert model.trunk.out_channels == (512 if arch == "DC5" else 256) and model.roi_heads.box_head.out_channels == 64
+    out = model.train()(_images(2), [_target([[4, 6, 30, 40]], [1]), _target([[20, 8, 60, 50]], [2])])
+    assert all(torch.isfinite(out[k]) for k in LOSS_KEYS) and out["loss_cls"] > 0
     sum(out[k] for k in LOSS_KEYS).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     dets = model.eval()(_images(1))
     assert dets[0]["boxes"].shape[1] == 4
+
+
+@pytest.mark.parametrize("arch", ["C4", "DC5", "FPN", "timm"])
+def test_every_trunk_gives_the_channels_and_strides_it_states(arch: str) -> None:
+    """The contract the RPN and RoI heads rely on: each named map has the advertised channels and stride."""
+    if arch == "timm":
+        pytest.importorskip("timm")
+    cfg = tiny_config("C4", name="timm:resnet10t") if arch == "timm" else tiny_config(arch)
+    trunk = build_faster_rcnn(cfg).trunk.eval()
+    h, w = 64, 96
+    with torch.no_grad():
+        maps = trunk(torch.randn(2, 3, h, w))
+    shapes = trunk.output_shape()
+    assert list(maps) == list(shapes) and len(maps) == (5 if arch == "FPN" else 1)
+    for name, x in maps.items():
+        channels, stride = shapes[name]
+        assert x.shape == (2, channels, -(-h // stride), -(-w // stride)), name
 
 
 def test_timm_backbone() -> None:

@@ -96,13 +96,15 @@ def _one_step(cfg_overrides: list[str], out: Path) -> tuple[dict[str, torch.Tens
     return {k: v.detach().clone() for k, v in trainer.unwrapped.named_parameters()}, steps[0]
 
 
-def test_accumulated_micro_batches_give_the_big_batch_step(tmp_path: Path, synthetic_root: Path,
-                                                           tiny_checkpoint: Path, one_thread: None) -> None:
+@pytest.mark.parametrize("arch", ["C4", "FPN"])
+def test_accumulated_micro_batches_give_the_big_batch_step(tmp_path: Path, synthetic_root: Path, arch: str,
+                                                           request: pytest.FixtureRequest, one_thread: None) -> None:
     """4 images per step as 1 pass of 4, 2 passes of 2 and 4 passes of 1: the same images and augmentations, the
     same losses and, after one SGD step, the same weights (BN frozen, as when fine-tuning a trained detector).
 
     The RPN and RoI samples are made to take every candidate: random sampling draws from the global RNG, so with
     other pass sizes it picks other (equally distributed) anchors and RoIs; this test is about the arithmetic."""
+    tiny_checkpoint: Path = request.getfixturevalue("tiny_checkpoint" if arch == "C4" else "tiny_fpn_checkpoint")
     common = [f"data.root={synthetic_root}", f"model.weights={tiny_checkpoint}", "solver.ims_per_batch=4",
               "model.rpn.batch_size_per_image=100000", "model.rpn.positive_fraction=0.5",
               "model.roi_heads.batch_size_per_image=100000",

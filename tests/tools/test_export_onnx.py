@@ -25,9 +25,14 @@ def _canonical(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> tup
     return boxes[order], scores[order], labels[order]
 
 
-def test_detector_onnx_matches_pytorch(tmp_path: Path, tiny_checkpoint: Path, tiny_detector: FasterRCNN) -> None:
+@pytest.mark.parametrize("arch", ["C4", "FPN"])
+def test_detector_onnx_matches_pytorch(tmp_path: Path, arch: str, request: pytest.FixtureRequest) -> None:
+    from detection.checkpoint import load_detector
+
+    checkpoint: Path = request.getfixturevalue("tiny_checkpoint" if arch == "C4" else "tiny_fpn_checkpoint")
+    tiny_detector, _, _ = load_detector(checkpoint, "cpu")
     out = tmp_path / "det.onnx"
-    assert export_onnx.main(["--checkpoint", str(tiny_checkpoint), "--output", str(out), "--size", str(H), str(W),
+    assert export_onnx.main(["--checkpoint", str(checkpoint), "--output", str(out), "--size", str(H), str(W),
                              "--no-check"]) == 0
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image"]

@@ -236,9 +236,9 @@ def test_data_train_override_picks_the_finetuning_recipe_and_names_the_output_fo
     folder = _voc_folder(tmp_path / "pets")
     for argv in ([f"data.train={{format: voc, root: {folder}, split: train}}"], ["--dataset", f"voc:{folder}:train"]):
         cfg = train_det.resolve_config(train_det.parse_args(argv))
-        assert cfg.model.backbone.name == "resnet50" and cfg.solver.max_epochs == 24, argv  # finetune_c4.yaml
+        assert (cfg.model.arch, cfg.model.backbone.name, cfg.solver.max_epochs) == ("FPN", "resnet50", 24), argv
         assert cfg.data.test["split"] == "val" if isinstance(cfg.data.test, dict) else cfg.data.test.endswith(":val")
-        assert cfg.output_dir == "output/VOC2007_c4", argv
+        assert cfg.output_dir == "output/VOC2007_fpn", argv  # finetune_fpn.yaml
     cfg = train_det.resolve_config(train_det.parse_args(["--dataset", f"voc:{folder}:train", "--recipe", "cpu"]))
     assert cfg.output_dir == "output/VOC2007_c4_cpu"
     assert (cfg.model.backbone.name, cfg.model.roi_heads.pooler_resolution, cfg.solver.optimizer) == \
