@@ -76,10 +76,15 @@ class AnchorGenerator(nn.Module):
         stride: int | Sequence[int] = 16,
         offset: float = 0.0,
         convention: AnchorConvention = "torchvision",
+        stride_from_padded_size: bool = False,
     ) -> None:
         super().__init__()
         self.strides = (int(stride),) if isinstance(stride, int) else tuple(int(s) for s in stride)
         self.offset = offset
+        # torchvision spaces each level's anchors by (padded image side // cells) per axis, not by the level's
+        # stride: they differ on P6 (a stride-2 subsample of P5) when a padded side is an odd multiple of 32
+        # (800 px: 61 px, not 64). Weights trained that way expect it.
+        self.stride_from_padded_size = stride_from_padded_size
         self.convention = convention
         per_level = split_sizes(sizes, len(self.strides))
         cells = [base_anchors(s, aspect_ratios, convention) for s in per_level]
@@ -111,10 +116,13 @@ class AnchorGenerator(nn.Module):
         key = (tuple((int(h), int(w)) for h, w in shapes), str(self.cell_anchors.device))
         if key not in self._cache:
             dev = self.cell_anchors.device
+            # The padded image size, from the first (finest) level, whose stride divides it exactly.
+            padded_h, padded_w = int(shapes[0][0]) * self.strides[0], int(shapes[0][1]) * self.strides[0]
             out = []
             for (h, w), stride, cells in zip(shapes, self.strides, self.cell_anchors):
-                sx = (torch.arange(w, dtype=torch.float32, device=dev) + self.offset) * stride
-                sy = (torch.arange(h, dtype=torch.float32, device=dev) + self.offset) * stride
+                stride_y, stride_x = (padded_h // h, padded_w // w) if self.stride_from_padded_size else (stride,) * 2
+                sx = (torch.arange(w, dtype=torch.float32, device=dev) + self.offset) * stride_x
+                sy = (torch.arange(h, dtype=torch.float32, device=dev) + self.offset) * stride_y
                 yy, xx = torch.meshgrid(sy, sx, indexing="ij")
                 shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
                 out.append((shifts + cells[None]).reshape(-1, 4))  # (H*W, A, 4) -> (H*W*A, 4)

@@ -262,6 +262,17 @@ def init_from_detector(model: nn.Module, state: Mapping[str, torch.Tensor], sour
     return InitReport(what, loaded, total, kept, [n for n in names if n not in src_index], mismatched, absent)
 
 
+def save_converted(model: nn.Module, cfg: DetectionConfig, class_names: Sequence[str], output: str | Path, *,
+                   source: str | Path, source_format: str) -> None:
+    """Write a model converted from another framework (``source_format``: "detectron2", "torchvision") as a normal
+    detector file (weights-only, atomic), noting where it came from."""
+    from resbackbone.serialization import atomic_torch_save
+
+    payload = detector_payload(model, cfg, class_names)
+    payload["meta"] = {"converted_from": str(source), "source_format": source_format}
+    atomic_torch_save(payload, output)
+
+
 __all__ = ["ARCH_BOUND_FIELDS", "BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS",
            "InitReport", "adopt_architecture", "dataset_meta", "detector_payload", "init_from_detector",
-           "load_detector", "read_detector_file", "read_detector_file_meta"]
+           "load_detector", "read_detector_file", "read_detector_file_meta", "save_converted"]

@@ -64,6 +64,10 @@ class AnchorConfig:
     # Cell-anchor layout, a property of trained RPN weights: "torchvision" (ratio-major, integer-rounded; ours
     # since the start) or "detectron2" (size-major, exact floats; models converted from Detectron2 use it).
     convention: Literal["torchvision", "detectron2"] = "torchvision"
+    # Space each level's anchors by (padded image side // cells) per axis instead of the level's stride, as
+    # torchvision's AnchorGenerator does: only P6 differs, when a padded side is an odd multiple of 32 (models
+    # converted from torchvision set it).
+    stride_from_padded_size: bool = False
 
 
 @dataclass

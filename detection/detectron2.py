@@ -449,18 +449,6 @@ def convert_detectron2(
     return model.eval(), cfg, names, info
 
 
-def save_converted(model: nn.Module, cfg: DetectionConfig, class_names: Sequence[str], output: str | Path,
-                   *, source: str | Path) -> None:
-    """Write a converted model as a normal detector file (weights-only, atomic), noting where it came from."""
-    from resbackbone.serialization import atomic_torch_save
-
-    from .checkpoint import detector_payload
-
-    payload = detector_payload(model, cfg, class_names)
-    payload["meta"] = {"converted_from": str(source), "source_format": "detectron2"}
-    atomic_torch_save(payload, output)
-
-
 __all__ = ["D2_ANCHOR_SIZES", "D2_ASPECT_RATIOS", "D2_PIXEL_MEAN_BGR", "Detectron2Model", "Detectron2Options",
            "convert_detectron2", "detectron2_config", "inspect_detectron2", "read_detectron2_state",
-           "rename_detectron2", "save_converted"]
+           "rename_detectron2"]

@@ -377,6 +377,7 @@ def build_faster_rcnn(
         head_convs=r.head_convs,
         anchor_offset=a.offset,
         anchor_convention=a.convention,
+        anchor_stride_from_padded_size=a.stride_from_padded_size,
         batch_size_per_image=r.batch_size_per_image,
         positive_fraction=r.positive_fraction,
         fg_iou_thresh=r.fg_iou_thresh,

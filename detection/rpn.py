@@ -104,6 +104,7 @@ class RPN(nn.Module):
         head_convs: int = 1,
         anchor_offset: float = 0.0,
         anchor_convention: AnchorConvention = "torchvision",
+        anchor_stride_from_padded_size: bool = False,
         batch_size_per_image: int = 256,
         positive_fraction: float = 0.5,
         fg_iou_thresh: float = 0.7,
@@ -117,7 +118,8 @@ class RPN(nn.Module):
     ) -> None:
         super().__init__()
         self.anchor_generator = AnchorGenerator(
-            anchor_sizes, aspect_ratios, stride=stride, offset=anchor_offset, convention=anchor_convention
+            anchor_sizes, aspect_ratios, stride=stride, offset=anchor_offset, convention=anchor_convention,
+            stride_from_padded_size=anchor_stride_from_padded_size,
         )
         self.num_levels = len(self.anchor_generator.strides)
         # Names of the trunk's maps this RPN runs on, in level order; None: whatever it is given, in order.

@@ -194,8 +194,8 @@ def d2_converted(tmp_path_factory: pytest.TempPathFactory, d2_reference: dict[st
     a, b = read_detectron2_state(pkl), read_detectron2_state(pth)
     assert list(a) == [k for k, _ in keys] and all(torch.equal(a[k], b[k]) for k in a)
     out = root / "fpn.ours.pth"
-    # Detectron2's per-level 1000, spelled out: the tool's --pre-nms-topk-test default is C4's 6000 per image.
-    assert convert_weights.main(["--detectron2", str(pkl), "--output", str(out), "--pre-nms-topk-test", "1000"]) == 0
+    # The tool's defaults: Detectron2's per-level 1000 for FPN.
+    assert convert_weights.main(["--detectron2", str(pkl), "--output", str(out)]) == 0
     return out
 
 
