@@ -22,7 +22,7 @@ from torch import nn
 
 from resbackbone.engine.checkpoint import CheckpointManager
 from resbackbone.engine.config import from_dict, to_dict
-from resbackbone.errors import CheckpointError
+from resbackbone.errors import CheckpointError, WeightsError
 
 from .config import DetectionConfig, ModelConfig
 
@@ -262,6 +262,30 @@ def init_from_detector(model: nn.Module, state: Mapping[str, torch.Tensor], sour
     return InitReport(what, loaded, total, kept, [n for n in names if n not in src_index], mismatched, absent)
 
 
+def count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Number of residual blocks under ``prefix`` in a foreign state dict (e.g. ``backbone.res4.``)."""
+    idx = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix) and k[len(prefix)].isdigit()}
+    return max(idx) + 1 if idx else 0
+
+
+def load_converted_state(model: nn.Module, ours: dict[str, torch.Tensor], what: str) -> None:
+    """Load a converted state dict into ``model`` only if it covers every tensor with the right shape and has nothing
+    else (BN step counters excepted: ours start at 0); otherwise one line naming the first keys that do not fit.
+    ``what``: the file and the network it was read as, for the message."""
+    target = model.state_dict()
+    expected = {k: v for k, v in target.items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in expected if k not in ours]
+    extra = [k for k in ours if k not in expected and not k.endswith("num_batches_tracked")]
+    wrong = [f"{k} {tuple(ours[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+             if k in ours and ours[k].shape != v.shape]
+    if missing or extra or wrong:
+        parts = [f"missing {missing[:4]}" if missing else "", f"unexpected {extra[:4]}" if extra else "",
+                 f"wrong shapes {wrong[:3]}" if wrong else ""]
+        raise WeightsError(f"{what}: " + "; ".join(p for p in parts if p))
+    full = {**{k: v for k, v in target.items() if k.endswith("num_batches_tracked")}, **ours}
+    model.load_state_dict({k: v for k, v in full.items() if k in target}, strict=True)
+
+
 def save_converted(model: nn.Module, cfg: DetectionConfig, class_names: Sequence[str], output: str | Path, *,
                    source: str | Path, source_format: str) -> None:
     """Write a model converted from another framework (``source_format``: "detectron2", "torchvision") as a normal
@@ -275,4 +299,5 @@ def save_converted(model: nn.Module, cfg: DetectionConfig, class_names: Sequence
 
 __all__ = ["ARCH_BOUND_FIELDS", "BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS",
            "InitReport", "adopt_architecture", "dataset_meta", "detector_payload", "init_from_detector",
-           "load_detector", "read_detector_file", "read_detector_file_meta", "save_converted"]
+           "count_blocks", "load_converted_state", "load_detector", "read_detector_file", "read_detector_file_meta",
+           "save_converted"]

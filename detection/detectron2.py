@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resbackbone.blocks import Bottleneck
 from resbackbone.errors import WeightsError, WeightsNotFoundError
-from resbackbone.resnet import RESNET_SPECS
+from resbackbone.resnet import RESNET_SPECS, depth_from_blocks
 
 from .backbone import FPN_IN_FEATURES, FPN_LEVELS
+from .checkpoint import count_blocks, load_converted_state
 from .config import (
     AnchorConfig,
     BackboneConfig,
@@ -82,10 +82,6 @@ D2_FPN_STAGES = tuple(int(f[3:]) for f in FPN_IN_FEATURES)
 # The C4 head pools 14x14 (res5's stride-2 first block makes it 7x7).
 D2_C4_POOLER_RESOLUTION = 14
 
-# (res2..res5 block counts, bottleneck?) -> depth, from our one depth table.
-_DEPTHS: dict[tuple[tuple[int, ...], bool], int] = {
-    (tuple(counts), block is Bottleneck): depth for depth, (block, counts) in RESNET_SPECS.items()
-}
 
 
 @dataclass
@@ -160,12 +156,6 @@ def read_detectron2_state(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
-def _blocks(state: Mapping[str, Tensor], prefix: str) -> int:
-    """Number of residual blocks under ``prefix`` (e.g. ``backbone.res4.``)."""
-    idx = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix) and k[len(prefix)].isdigit()}
-    return max(idx) + 1 if idx else 0
-
-
 def _numbered(keys: Sequence[str], pattern: str) -> list[int]:
     """The numbers ``i`` of the keys matching ``pattern`` (one ``(\\d+)`` group), sorted."""
     rx = re.compile(pattern)
@@ -215,9 +205,9 @@ def inspect_detectron2(state: Mapping[str, Tensor], what: str = "checkpoint") ->
     if missing:
         raise WeightsError(f"{what}: a Detectron2 {arch} model needs {missing}; the file has none of them "
                            f"(first keys: {keys[:5]})")
-    counts = tuple(_blocks(state, f"{body}res{i}.") for i in (2, 3, 4)) + (_blocks(state, res5),)
+    counts = tuple(count_blocks(state, f"{body}res{i}.") for i in (2, 3, 4)) + (count_blocks(state, res5),)
     bottleneck = f"{body}res2.0.conv3.weight" in state
-    depth = _DEPTHS.get((counts, bottleneck))
+    depth = depth_from_blocks(counts, bottleneck)
     if depth is None:
         raise WeightsError(f"{what}: res2..res5 have {counts} {'bottleneck' if bottleneck else 'basic'} blocks, "
                            f"which is no ResNet-{'/'.join(str(d) for d in RESNET_SPECS)}")
@@ -432,17 +422,7 @@ def convert_detectron2(
     if unknown:
         raise WeightsError(f"{what}: keys that fit no part of a Detectron2 {info.arch} model: {unknown[:6]}")
     model = build_faster_rcnn(cfg.model, class_names=names, weights=None)
-    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    missing = [k for k in expected if k not in ours]
-    extra = [k for k in ours if k not in expected]
-    wrong = [f"{k} {tuple(ours[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-             if k in ours and ours[k].shape != v.shape]
-    if missing or extra or wrong:
-        parts = [f"missing {missing[:4]}" if missing else "", f"unexpected {extra[:4]}" if extra else "",
-                 f"wrong shapes {wrong[:3]}" if wrong else ""]
-        raise WeightsError(f"{what}: does not fit a ResNet-{info.depth} {info.arch} model: "
-                           + "; ".join(p for p in parts if p))
-    model.load_state_dict(ours, strict=True)
+    load_converted_state(model, ours, f"{what}: does not fit a ResNet-{info.depth} {info.arch} model")
     logger.info("converted %s: Detectron2 R%d-%s, %d classes, %d anchors/location, %d tensors%s", what, info.depth,
                 info.arch, info.num_classes, info.num_anchors, len(ours),
                 "".join(f"; left out {n} {part} tensors" for part, n in info.dropped.items()))

@@ -47,11 +47,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from resbackbone.blocks import Bottleneck
 from resbackbone.errors import WeightsError, WeightsNotFoundError
 from resbackbone.pixels import TORCHVISION_PIXELS
-from resbackbone.resnet import RESNET_SPECS
+from resbackbone.resnet import depth_from_blocks
 
+from .checkpoint import count_blocks, load_converted_state
 from .config import (
     AnchorConfig,
     BackboneConfig,
@@ -90,10 +90,6 @@ TV_COCO_SLOTS: tuple[str, ...] = tuple(
     for i in range(1, 91)
 )
 
-# (layer1..layer4 block counts, bottleneck?) -> depth, from our one depth table.
-_DEPTHS: dict[tuple[tuple[int, ...], bool], int] = {
-    (tuple(counts), block is Bottleneck): depth for depth, (block, counts) in RESNET_SPECS.items()
-}
 
 
 @dataclass
@@ -150,12 +146,6 @@ def read_torchvision_state(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
-def _blocks(state: Mapping[str, Tensor], prefix: str) -> int:
-    """Number of residual blocks under ``prefix`` (e.g. ``backbone.body.layer3.``)."""
-    idx = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix) and k[len(prefix)].isdigit()}
-    return max(idx) + 1 if idx else 0
-
-
 def _first(state: Mapping[str, Tensor], *keys: str) -> Tensor | None:
     """The tensor of the first of ``keys`` present (a name in today's and in the pre-0.12 spelling)."""
     return next((state[k] for k in keys if k in state), None)
@@ -183,9 +173,9 @@ def inspect_torchvision(state: Mapping[str, Tensor], what: str = "checkpoint") -
         odd = [k for k in keys if k.startswith("roi_heads.box_head.")][:4]
         raise WeightsError(f"{what}: its box head fits neither v1 (box_head.fc6 / fc7) nor v2 (box_head.0..3 convs + "
                            f"box_head.5); box-head keys: {odd}")
-    counts = tuple(_blocks(state, f"backbone.body.layer{i}.") for i in range(1, 5))
+    counts = tuple(count_blocks(state, f"backbone.body.layer{i}.") for i in range(1, 5))
     bottleneck = "backbone.body.layer1.0.conv3.weight" in state
-    depth = _DEPTHS.get((counts, bottleneck))  # type: ignore[call-overload]
+    depth = depth_from_blocks(counts, bottleneck)
     if depth is None:
         raise WeightsError(f"{what}: layer1..layer4 have {counts} {'bottleneck' if bottleneck else 'basic'} blocks, "
                            "which is no ResNet-18/34/50/101/152")
@@ -356,20 +346,8 @@ def convert_torchvision(
         raise WeightsError(f"{what}: keys that fit no part of a torchvision {info.version} Faster R-CNN: {unknown[:6]}")
     ours.update(class_rows(state, rows))
     model = build_faster_rcnn(cfg.model, class_names=names, weights=None)
-    target = model.state_dict()
-    expected = {k: v for k, v in target.items() if not k.endswith("num_batches_tracked")}
-    missing = [k for k in expected if k not in ours]
-    extra = [k for k in ours if k not in expected]
-    wrong = [f"{k} {tuple(ours[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-             if k in ours and ours[k].shape != v.shape]
-    if missing or extra or wrong:
-        parts = [f"missing {missing[:4]}" if missing else "", f"unexpected {extra[:4]}" if extra else "",
-                 f"wrong shapes {wrong[:3]}" if wrong else ""]
-        raise WeightsError(f"{what}: does not fit a torchvision {info.version} ResNet-{info.depth} FPN model: "
-                           + "; ".join(p for p in parts if p))
-    # BN step counters only matter to training with momentum None; ours start at 0, as a fresh model's.
-    ours.update({k: v for k, v in target.items() if k.endswith("num_batches_tracked")})
-    model.load_state_dict(ours, strict=True)
+    load_converted_state(model, ours,
+                         f"{what}: does not fit a torchvision {info.version} ResNet-{info.depth} FPN model")
     if names == [n for n in TV_COCO_SLOTS if n != UNUSED_SLOT] and rows == [
             i for i, n in enumerate(TV_COCO_SLOTS, start=1) if n != UNUSED_SLOT]:
         # torchvision's row i is COCO category id i: results written by tools/infer.py then use COCO's ids.

@@ -50,6 +50,13 @@ class ShapeSpec(NamedTuple):
     stride: int
 
 
+def depth_from_blocks(counts: Sequence[int], bottleneck: bool) -> int | None:
+    """The depth whose res2..res5 block counts and block type these are (None: no ResNet of Table 1); used to
+    read a foreign checkpoint's depth off its keys."""
+    return next((d for d, (block, c) in RESNET_SPECS.items()
+                 if tuple(c) == tuple(counts) and (block is Bottleneck) == bottleneck), None)
+
+
 def stage_channels(depth: int, stage: str) -> tuple[int, int, int]:
     """``(in_channels, out_channels, bottleneck_channels)`` of stage ``res2..res5`` for a given depth."""
     block, _ = _spec(depth)
