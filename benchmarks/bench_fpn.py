@@ -84,13 +84,16 @@ def inputs(size: int, batch: int) -> tuple[list[Tensor], list[dict[str, Tensor]]
 
 
 def runners(model: nn.Module, images: list[Tensor], targets: list[dict[str, Tensor]], *, twin: bool,
-            autocast: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(training step, inference on one image) closures. The twin takes 0-1 images and labels in its 91 slots."""
+            autocast: bool = False, inference_mode: bool = True) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(training step, inference on one image) closures. The twin takes 0-1 images and labels in its 91 slots.
+    ``inference_mode`` False: inference under ``no_grad`` instead (the sync counter's dispatch mode does not see
+    ``torch.where(cond)`` under inference mode on CPU, which would flatter the twin, whose code uses it)."""
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     if twin:
         from detection.torchvision_detector import TV_COCO_SLOTS, UNUSED_SLOT
 
-        slots = torch.tensor([i for i, n in enumerate(TV_COCO_SLOTS, start=1) if n != UNUSED_SLOT])
+        slots = torch.tensor([i for i, n in enumerate(TV_COCO_SLOTS, start=1) if n != UNUSED_SLOT],
+                             device=images[0].device)
         images = [im / 255 for im in images]
         targets = [{"boxes": t["boxes"], "labels": slots[t["labels"]]} for t in targets]
 
@@ -104,10 +107,21 @@ def runners(model: nn.Module, images: list[Tensor], targets: list[dict[str, Tens
 
     def infer() -> None:
         model.eval()
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        grad_off = torch.inference_mode() if inference_mode else torch.no_grad()
+        with grad_off, torch.autocast(images[0].device.type, torch.bfloat16, enabled=autocast):
             model(images[:1])
 
     return train_step, infer
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): elsewhere bf16 autocast is emulated and many
+    times slower than fp32, so timing it says nothing."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -123,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--train-rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="time bf16 autocast inference (auto: only on CPUs with bf16 instructions)")
     return p.parse_args(argv)
 
 
@@ -147,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         "ours bf16 autocast": runners(ours, images, targets, twin=False, autocast=True),
         "torchvision": runners(twin, images, targets, twin=True),
     }
+    if args.bf16 == "off" or (args.bf16 == "auto" and not cpu_has_bf16()):
+        print("bf16 autocast not timed: this CPU has no bf16 instructions (emulated bf16 is no guide)")
+        del variants["ours bf16 autocast"]
     for _, infer in variants.values():
         infer()  # warm-up (allocator, oneDNN primitive caches)
     infer_s: dict[str, list[float]] = {k: [] for k in variants}
@@ -159,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.train_rounds):
         for name in train_s:
             train_s[name].append(timed(variants[name][0]))
-    syncs = {name: (host_syncs(variants[name][0], sites=False).total, host_syncs(variants[name][1], sites=False).total)
-             for name in ("ours fp32", "torchvision")}
+    counted = {"ours fp32": runners(ours, images, targets, twin=False, inference_mode=False),
+               "torchvision": runners(twin, images, targets, twin=True, inference_mode=False)}
+    syncs = {name: (host_syncs(train, sites=False).total, host_syncs(infer, sites=False).total)
+             for name, (train, infer) in counted.items()}
     twin_ms = statistics.median(infer_s["torchvision"]) * 1000
     print("\n| model | inference ms/image | vs torchvision |\n|---|---|---|")
     for name, ts in infer_s.items():

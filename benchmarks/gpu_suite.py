@@ -13,6 +13,8 @@ Measured (each one a record ``{"value": float, "unit": str}`` or ``{"value": nul
   peak memory of one step above what was allocated before it (``torch.cuda.max_memory_allocated``: activations,
   gradients; the weights and optimizer state of both models are resident and excluded). bf16 = autocast.
   Timings are medians of interleaved rounds (ours, twin, twin, ours, ...).
+* ``fpn.<fp32|bf16>.<ours|twin>.*``: the same measurements for our R50-FPN against torchvision's own
+  ``fasterrcnn_resnet50_fpn`` on the same converted weights (:mod:`benchmarks.bench_fpn`), at the same image size.
 * ``cls.*``: ResNet classification training images/s at 224 px, bf16 autocast, channels_last: ours eager,
   ours ``torch.compile``-d, torchvision's eager model for the ratio (:func:`bench_cls_train.time_training`).
 * ``voc_card.*``: the memory one device needs for the VOC card command (``configs/det/voc07+12_c4.yaml``,
@@ -50,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import bench_cls_train, bench_detector  # noqa: E402
+from benchmarks import bench_cls_train, bench_detector, bench_fpn  # noqa: E402
 
 VOC_CARD_CONFIG = REPO / "configs" / "det" / "voc07+12_c4.yaml"
 # The micro-batch of the VOC card command when the solver config has no ims_per_device field (older trees).
@@ -135,15 +137,46 @@ def detector_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run_detector(suite: Suite, args: argparse.Namespace, device: torch.device) -> None:
-    """Ours vs the torchvision twin, fp32 and bf16: train images/s, inference ms/image, step peak memory."""
+    """Ours (C4) vs the torchvision twin, fp32 and bf16: train images/s, inference ms/image, step peak memory."""
     bargs = detector_args(args)
     ours = bench_detector.build_ours(bargs).to(device)
     twin = bench_detector.build_twin(ours, bargs).to(device)
     images, targets = bench_detector.make_inputs(bargs, device)
     models = {"ours": ours, "twin": twin}
+    compare_pair(suite, args, device, "det", lambda kind: bench_detector._runners(kind, models[kind], images, targets,
+                                                                                 bargs), bargs.batch, bargs)
+    models.clear()
+    del ours, twin
+    _free(device)
+
+
+def run_fpn(suite: Suite, args: argparse.Namespace, device: torch.device) -> None:
+    """Our R50-FPN vs torchvision's fasterrcnn_resnet50_fpn on the same (converted) weights
+    (:mod:`benchmarks.bench_fpn`), fp32 and bf16, at the detector's image size."""
+    bargs = detector_args(args)
+    twin = bench_fpn.build_twin(args.det_size)
+    ours = bench_fpn.convert(twin).to(device)
+    twin = twin.to(device)
+    images, targets = bench_fpn.inputs(args.det_size, args.det_batch)
+    images = [im.to(device) for im in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    models = {"ours": ours, "twin": twin}
+    compare_pair(suite, args, device, "fpn", lambda kind: bench_fpn.runners(models[kind], images, targets,
+                                                                            twin=kind == "twin"), args.det_batch,
+                 bargs)
+    models.clear()
+    del ours, twin
+    _free(device)
+
+
+def compare_pair(suite: Suite, args: argparse.Namespace, device: torch.device, family: str,
+                 make_runners: Callable[[str], tuple[Callable[[], None], Callable[[], None]]], batch: int,
+                 bargs: argparse.Namespace) -> None:
+    """``<family>.<fp32|bf16>.<ours|twin>.*`` records: interleaved timing rounds of the (train step, inference)
+    closures ``make_runners(kind)`` gives, their step peak memory on CUDA, and the ours / twin ratios."""
     for prec in PRECISIONS:
         bf16 = prec == "bf16"
-        prefix = f"det.{prec}"
+        prefix = f"{family}.{prec}"
         keys = [f"{prefix}.{k}.{m}" for k in KINDS for m in
                 ("train_images_per_s", "inference_ms_per_image", "train_step_peak_mib", "inference_peak_mib")]
         keys += [f"{prefix}.ratio.train", f"{prefix}.ratio.inference"]
@@ -157,8 +190,8 @@ def run_detector(suite: Suite, args: argparse.Namespace, device: torch.device) -
                 suite.put(key, skipped(reason))
             continue
         runners = {}
-        for kind, model in models.items():
-            train, infer = bench_detector._runners(kind, model, images, targets, bargs)
+        for kind in KINDS:
+            train, infer = make_runners(kind)
             runners[kind] = (_amp(train, device, bf16), _amp(infer, device, bf16))
             for fn in runners[kind]:
                 for _ in range(bargs.warmup):
@@ -173,7 +206,7 @@ def run_detector(suite: Suite, args: argparse.Namespace, device: torch.device) -
         med_train = {k: statistics.median(v) for k, v in train_s.items()}
         med_infer = {k: statistics.median(v) for k, v in infer_s.items()}
         for kind in KINDS:
-            suite.put(f"{prefix}.{kind}.train_images_per_s", measured(bargs.batch / med_train[kind], "images/s"))
+            suite.put(f"{prefix}.{kind}.train_images_per_s", measured(batch / med_train[kind], "images/s"))
             suite.put(f"{prefix}.{kind}.inference_ms_per_image", measured(1000 * med_infer[kind], "ms/image"))
             for mode, fn in zip(("train_step_peak_mib", "inference_peak_mib"), runners[kind]):
                 if device.type != "cuda":
@@ -182,8 +215,6 @@ def run_detector(suite: Suite, args: argparse.Namespace, device: torch.device) -
                     suite.put(f"{prefix}.{kind}.{mode}", measured(step_peak_mib(fn, device), "MiB"))
         suite.put(f"{prefix}.ratio.train", measured(med_train["twin"] / med_train["ours"], "x (ours faster > 1)"))
         suite.put(f"{prefix}.ratio.inference", measured(med_infer["twin"] / med_infer["ours"], "x (ours faster > 1)"))
-    del ours, twin, models
-    _free(device)
 
 
 def _free(device: torch.device) -> None:
@@ -316,18 +347,20 @@ def markdown(records: dict[str, Record], meta: dict[str, Any]) -> str:
     r = records.get
     lines = [f"### GPU suite: {meta['device_name']}, {meta['date']}", "",
              f"`{meta['command']}`; torch {meta['torch']}, {meta['elapsed_s']:.0f} s.", "",
-             f"Detector: {meta['detector']}.", "",
-             "| | ours | torchvision twin | ratio (ours faster > 1) |", "|---|---:|---:|---:|"]
-    for prec in PRECISIONS:
-        p = f"det.{prec}"
-        lines.append(f"| {prec} train images/s | {_fmt(r(f'{p}.ours.train_images_per_s'), 2)} | "
-                     f"{_fmt(r(f'{p}.twin.train_images_per_s'), 2)} | {_fmt(r(f'{p}.ratio.train'), 2)} |")
-        lines.append(f"| {prec} inference ms/image | {_fmt(r(f'{p}.ours.inference_ms_per_image'))} | "
-                     f"{_fmt(r(f'{p}.twin.inference_ms_per_image'))} | {_fmt(r(f'{p}.ratio.inference'), 2)} |")
-        for mode, label in (("train_step_peak_mib", "train step peak MiB"), ("inference_peak_mib",
-                                                                             "inference peak MiB")):
-            lines.append(f"| {prec} {label} | {_fmt(r(f'{p}.ours.{mode}'), 0)} | {_fmt(r(f'{p}.twin.{mode}'), 0)}"
-                         " | |")
+             f"Detector: {meta['detector']}; FPN: R50-FPN against torchvision's fasterrcnn_resnet50_fpn, same "
+             "weights and image size.", "",
+             "| | ours | torchvision | ratio (ours faster > 1) |", "|---|---:|---:|---:|"]
+    for family, name in (("det", "C4"), ("fpn", "FPN")):
+        for prec in PRECISIONS:
+            p = f"{family}.{prec}"
+            lines.append(f"| {name} {prec} train images/s | {_fmt(r(f'{p}.ours.train_images_per_s'), 2)} | "
+                         f"{_fmt(r(f'{p}.twin.train_images_per_s'), 2)} | {_fmt(r(f'{p}.ratio.train'), 2)} |")
+            lines.append(f"| {name} {prec} inference ms/image | {_fmt(r(f'{p}.ours.inference_ms_per_image'))} | "
+                         f"{_fmt(r(f'{p}.twin.inference_ms_per_image'))} | {_fmt(r(f'{p}.ratio.inference'), 2)} |")
+            for mode, label in (("train_step_peak_mib", "train step peak MiB"), ("inference_peak_mib",
+                                                                                 "inference peak MiB")):
+                lines.append(f"| {name} {prec} {label} | {_fmt(r(f'{p}.ours.{mode}'), 0)} | "
+                             f"{_fmt(r(f'{p}.twin.{mode}'), 0)} | |")
     lines += ["", f"Classification training: {meta['classification']}.", "",
               "| | images/s | peak MiB |", "|---|---:|---:|"]
     for name in ("ours.eager", "ours.compiled", "torchvision.eager"):
@@ -408,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(out, meta, args.budget_s)
     with _deterministic_threads(device):
         run_detector(suite, args, device)
+        run_fpn(suite, args, device)
         run_classification(suite, args, device)
         run_voc_card(suite, args, device)
         _free(device)  # the VOC card's model went out of scope with run_voc_card

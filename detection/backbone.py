@@ -128,7 +128,8 @@ class FPNTrunk(nn.Module):
         outputs = [self.output_convs[-1](top_down)]
         for lateral, out_conv in zip(reversed(laterals[:-1]), reversed(self.output_convs[:-1])):
             # Upsampled to the lateral's size (exactly 2x for inputs padded to multiples of 32).
-            top_down = lateral + F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest")
+            # In place into the lateral's own output (saved by no backward).
+            top_down = lateral.add_(F.interpolate(top_down, size=lateral.shape[-2:], mode="nearest"))
             outputs.insert(0, out_conv(top_down))
         outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))  # P6
         return dict(zip(FPN_LEVELS, outputs))

@@ -11,14 +11,16 @@ import torch
 
 from benchmarks import gpu_suite
 
-DET = [f"det.{p}.{k}.{m}" for p in ("fp32", "bf16") for k in ("ours", "twin")
+# C4 against its torchvision-assembled twin ("det") and R50-FPN against torchvision's own ("fpn").
+DET = [f"{f}.{p}.{k}.{m}" for f in ("det", "fpn") for p in ("fp32", "bf16") for k in ("ours", "twin")
        for m in ("train_images_per_s", "inference_ms_per_image", "train_step_peak_mib", "inference_peak_mib")]
-DET += [f"det.{p}.ratio.{m}" for p in ("fp32", "bf16") for m in ("train", "inference")]
+DET += [f"{f}.{p}.ratio.{m}" for f in ("det", "fpn") for p in ("fp32", "bf16") for m in ("train", "inference")]
 CLS = [f"cls.{n}.{m}" for n in ("ours.eager", "ours.compiled", "torchvision.eager")
        for m in ("images_per_s", "peak_mib")]
 VOC = ["voc_card.train_peak_mib", "voc_card.step_s", "voc_card.ims_per_device"]
 # Measured on any device, smoke sizes included.
 ALWAYS_MEASURED = ["det.fp32.ours.train_images_per_s", "det.fp32.twin.inference_ms_per_image", "det.fp32.ratio.train",
+                   "fpn.fp32.ours.train_images_per_s", "fpn.fp32.twin.inference_ms_per_image", "fpn.fp32.ratio.train",
                    "cls.ours.eager.images_per_s", "cls.torchvision.eager.images_per_s", "voc_card.step_s",
                    "voc_card.ims_per_device"]
 
