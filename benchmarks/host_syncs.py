@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Count host-synchronizing operations in one detector training step and one inference batch, on any device.
 
-    python benchmarks/host_syncs.py                          # ResNet-18, 128 px, C4 and DC5, ours and the twin
+    python benchmarks/host_syncs.py                          # ResNet-18, 128 px, C4, DC5 and FPN; the C4 twin
     python benchmarks/host_syncs.py --backbone resnet50 --size 600 --arch C4 --sites
 
 A host sync is an operation after which the Python thread must wait for the device: it reads device memory back
@@ -228,8 +228,11 @@ def _build_ours(args: argparse.Namespace, arch: str) -> Any:
     from detection.config import load_detection_config
     from detection.faster_rcnn import build_faster_rcnn
 
+    # DC5 or FPN (one anchor size per level P2..P6), 7x7 pooling, the 2-fc head.
+    fpn = ["model.anchors.sizes=[32,64,128,256,512]"] if arch == "FPN" else []
     cfg = load_detection_config(None, [
-        "model.arch=DC5",
+        f"model.arch={arch}",
+        *fpn,
         f"model.backbone.name={args.backbone}",
         "model.backbone.norm=frozen_bn",
         f"model.num_classes={args.classes}",
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="image height; width = 4/3 of it")
     p.add_argument("--batch", type=int, default=2, help="training images per step (inference: 1 image)")
     p.add_argument("--rois", type=int, default=64, help="RoIs sampled per image")
-    p.add_argument("--arch", choices=("C4", "DC5", "both"), default="both",
+    p.add_argument("--arch", choices=("C4", "DC5", "FPN", "all"), default="all",
                    help="our detector's variant (the torchvision twin exists for C4 only)")
     p.add_argument("--sites", action="store_true", help="also list the Python call site of every sync")
     args = p.parse_args(argv)
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pre-nms-train=2000", "--post-nms-train=300", "--pre-nms-test=1000", "--post-nms-test=100",
         "--device=cpu",
     ])
-    for arch in ("C4", "DC5") if args.arch == "both" else (args.arch,):
+    for arch in ("C4", "DC5", "FPN") if args.arch == "all" else (args.arch,):
         reports = detector_reports(bench, arch)
         h, w = bench.size, min(bench.max_size, round(bench.size * 4 / 3))
         twin = "torchvision.models.detection assembled the same way" + (", C4 only" if arch != "C4" else "")

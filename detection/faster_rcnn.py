@@ -367,6 +367,12 @@ def build_faster_rcnn(
     shapes = trunk.output_shape()
     # FPN: the RPN runs on P2..P6, RoIs are pooled from P2..P5 (P6 only adds large anchors); one map otherwise.
     rpn_features = tuple(shapes)
+    if len(a.sizes) % len(rpn_features):
+        raise ConfigError(
+            f"model.anchors.sizes has {len(a.sizes)} sizes; {cfg.arch} runs its RPN on {len(rpn_features)} feature "
+            f"level(s) ({', '.join(rpn_features)}), which share the list evenly in order: give a multiple of "
+            f"{len(rpn_features)}, e.g. one per level"
+        )
     roi_features = tuple(f for f in shapes if f != FPN_LEVELS[-1]) if cfg.arch == "FPN" else rpn_features
     rpn = RPN(
         trunk.out_channels,

@@ -43,7 +43,8 @@ def test_smoke_run_on_cpu(tmp_path: Path, one_thread: None) -> None:
     # The VOC card's micro-batch comes from its config (solver.ims_per_device, default 2).
     assert rec["voc_card.ims_per_device"]["value"] >= 1
     md = (tmp_path / "gpu_suite.md").read_text()
-    assert md.startswith("### GPU suite:") and "| fp32 train images/s |" in md and "VOC card" in md
+    assert md.startswith("### GPU suite:") and "VOC card" in md
+    assert "| C4 fp32 train images/s |" in md and "| FPN fp32 train images/s |" in md
     assert "Skipped: " in md and data["meta"]["smoke"] is True
 
 
@@ -52,4 +53,4 @@ def test_markdown_marks_missing_and_skipped() -> None:
             "detector": "d", "classification": "c"}
     md = gpu_suite.markdown({"det.fp32.ours.train_images_per_s": gpu_suite.measured(2.5, "images/s"),
                              "det.fp32.twin.train_images_per_s": gpu_suite.skipped("because")}, meta)
-    assert "| fp32 train images/s | 2.50 | skipped |" in md and "Skipped: because." in md and "missing" in md
+    assert "| C4 fp32 train images/s | 2.50 | skipped |" in md and "Skipped: because." in md and "missing" in md

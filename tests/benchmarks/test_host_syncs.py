@@ -77,5 +77,9 @@ def test_detector_counts_below_recorded_bounds() -> None:
     assert not any("bool mask" in k or k == "aten.bincount" for k in ours_inf.counts), dict(ours_inf.counts)
     # The twin is counted the same way (it has more: torchvision filters with boolean masks and nonzero).
     assert reports["twin train"].total > ours_train.total
+    # FPN: the same path plus one read, the RoI pooler's per-level counts.
+    fpn = detector_reports(args, "FPN", sites=False)
+    assert 0 < fpn["ours inference"].total <= INFERENCE_BOUND + 1, dict(fpn["ours inference"].counts)
+    assert 0 < fpn["ours train"].total <= TRAIN_BOUND + 1, dict(fpn["ours train"].counts)
     table = markdown_table(reports)
     assert "| **total d2h syncs** |" in table and "ours inference" in table

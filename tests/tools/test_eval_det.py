@@ -67,14 +67,15 @@ def test_tool_errors_are_one_line(voc07_test_root: Path, tmp_path: Path, capsys:
         eval_det.main(["--results", str(tmp_path / "d")])  # neither --dataset nor --gt-json
 
 
-def test_checkpoint_path_with_a_tiny_real_detector(voc07_test_root: Path, tmp_path: Path,
+@pytest.mark.parametrize("config", ["synthetic_r18_c4.yaml", "synthetic_r18_fpn.yaml"])
+def test_checkpoint_path_with_a_tiny_real_detector(voc07_test_root: Path, tmp_path: Path, config: str,
                                                    caplog: pytest.LogCaptureFixture,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from detection.checkpoint import detector_payload
     from detection.config import load_detection_config
     from detection.faster_rcnn import build_faster_rcnn
 
-    cfg = load_detection_config(REPO / "configs" / "det" / "synthetic_r18_c4.yaml", ["model.num_classes=20"])
+    cfg = load_detection_config(REPO / "configs" / "det" / config, ["model.num_classes=20"])
     torch.manual_seed(0)
     model = build_faster_rcnn(cfg.model, class_names=VOC_CLASSES).eval()
     torch.save(detector_payload(model, cfg, VOC_CLASSES), tmp_path / "model.pth")

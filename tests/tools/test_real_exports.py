@@ -19,7 +19,7 @@ def _train(data: str, run: Path, *extra: str) -> int:
     return train_det.main(["--dataset", data, "--test-dataset", data, "--backbone", "resnet18",
                            "--backbone-weights", "none", "--max-iter", "1", "--output-dir", str(run),
                            "--no-progress", "--cpu", *TINY_TRAINING, "data.num_workers=0",
-                           "model.anchors.sizes=[16,32,64]", "solver.ims_per_batch=2", *extra])
+                           "model.anchors.sizes=[16,32,64,128,256]", "solver.ims_per_batch=2", *extra])
 
 
 def test_training_checks_images_and_leakage_before_the_first_step(
