@@ -64,3 +64,12 @@ class BoxCoder:
         h = torch.exp(dh) * ph
         boxes = torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
         return boxes.reshape(deltas.shape)  # (..., k, 4) -> (..., 4k)
+
+
+def smooth_l1(x: Tensor, y: Tensor, beta: float) -> Tensor:
+    """Elementwise smooth-L1 (Huber / beta) between predicted and target deltas, any shape; L1 when ``beta`` is 0
+    (Detectron2's default for both heads; torchvision uses 1/9)."""
+    diff = (x - y).abs()
+    if beta <= 0:
+        return diff
+    return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)

@@ -44,7 +44,7 @@ def detector_payload(model: nn.Module, cfg: DetectionConfig, class_names: Sequen
         "format": DETECTOR_FORMAT,
         "config": to_dict(cfg),
         "class_names": list(class_names),
-        "dataset": dict(getattr(model, "dataset_meta", None) or {}),
+        "dataset": dict(getattr(model, "dataset_meta", {})),  # any nn.Module may be saved
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
 

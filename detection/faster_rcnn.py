@@ -78,6 +78,9 @@ class FasterRCNN(nn.Module):
         self.size_divisibility = size_divisibility
         self.pixel_spec = pixel_spec
         self.normalizer = PixelNormalizer(pixel_spec)
+        # The ids of the data it was trained on (category ids by class, image ids by file name; see
+        # detection.checkpoint.dataset_meta), saved with it and used to write results in the dataset's own ids.
+        self.dataset_meta: dict[str, Any] = {}
 
     def set_pixel_spec(self, spec: PixelSpec) -> None:
         """Normalize inputs for other weights (the spec is part of the weights, not of the state dict)."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from .box_coder import BoxCoder
+from .box_coder import BoxCoder, smooth_l1
 from .boxes import (
     batched_pairwise_iou,
     cat_per_image,
@@ -28,7 +28,7 @@ from .boxes import (
 )
 from .matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
 from .pooler import CANONICAL_BOX_SIZE, CANONICAL_LEVEL, D2_LEVEL_EPSILON, RoIPooler
-from .rpn import Features, _smooth_l1, select_levels
+from .rpn import Features, select_levels
 from .sampler import sample_balanced
 
 # Detections with a side below this many pixels are dropped after decoding (torchvision's value; Detectron2
@@ -238,7 +238,7 @@ class RoIHeads(nn.Module):
         fg_idx = fg.nonzero().squeeze(1)
         d = deltas.float().view(-1, self.num_classes, 4)[fg_idx, cls_t[fg_idx]]  # (F, 4)
         target = self.box_coder.encode(rois[fg_idx], box_t[fg_idx])
-        loss_box = (_smooth_l1(d, target, self.smooth_l1_beta).sum(dim=1) * weights[fg_idx]).sum()
+        loss_box = (smooth_l1(d, target, self.smooth_l1_beta).sum(dim=1) * weights[fg_idx]).sum()
         with torch.no_grad():
             acc = (logits.argmax(1) == cls_t).float().mean() if logits.numel() else logits.new_zeros(())
         return {

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms
 
 from .anchors import AnchorConvention, AnchorGenerator
-from .box_coder import BoxCoder
+from .box_coder import BoxCoder, smooth_l1
 from .boxes import batched_pairwise_iou, clip_boxes, nonempty, pad_boxes, split_by_image, topk_per_image
 from .matcher import POSITIVE, Matcher
 from .sampler import sample_balanced
@@ -303,7 +303,7 @@ class RPN(nn.Module):
         ref = anchors[None].expand(n, -1, -1)  # (N, M, 4)
         # Non-positives are encoded against themselves (target 0): padding gt boxes have zero area (log 0).
         target = self.box_coder.encode(ref, torch.where(pos[..., None], matched_gt, ref))
-        box_l1 = _smooth_l1(deltas.float(), target, self.smooth_l1_beta)  # (N, M, 4)
+        box_l1 = smooth_l1(deltas.float(), target, self.smooth_l1_beta)  # (N, M, 4)
         box_loss = torch.where(pos[..., None], box_l1, 0.0).sum() / norm
         return {
             "loss_rpn_cls": obj_loss * self.loss_weight,
@@ -312,11 +312,3 @@ class RPN(nn.Module):
             "rpn_num_neg": neg.sum().float().detach() / n,
             "rpn_pos_labels_fraction": (labels == POSITIVE).float().mean().detach(),
         }
-
-
-def _smooth_l1(x: Tensor, y: Tensor, beta: float) -> Tensor:
-    """Elementwise smooth-L1 (Huber / beta); L1 when ``beta`` is 0."""
-    diff = (x - y).abs()
-    if beta <= 0:
-        return diff
-    return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)

@@ -183,7 +183,7 @@ def predict(args: argparse.Namespace, tta: TTAOptions, names: dict[Path, str],
     coco: list[dict] = []
     # The user's own ids where the detector file knows them (the data it was trained and tested on): COCO
     # results then score against the user's JSON as they are. Otherwise position / label + 1.
-    meta = getattr(predictor.model, "dataset_meta", None) or {}
+    meta = predictor.model.dataset_meta
     category_ids = list(meta.get("category_ids") or range(1, len(class_names) + 1))
     known_ids = meta.get("image_ids") or {}
     index = integer_image_ids(names, known_ids)
