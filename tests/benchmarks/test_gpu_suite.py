@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import gpu_suite
@@ -25,6 +26,7 @@ ALWAYS_MEASURED = ["det.fp32.ours.train_images_per_s", "det.fp32.twin.inference_
                    "voc_card.ims_per_device"]
 
 
+@pytest.mark.slow
 def test_smoke_run_on_cpu(tmp_path: Path, one_thread: None) -> None:
     assert gpu_suite.main(["--smoke", "--device=cpu", f"--out={tmp_path}"]) == 0
     data = json.loads((tmp_path / "gpu_suite.json").read_text())

@@ -200,6 +200,7 @@ def _d2(ref: dict[str, Any]) -> dict[str, Any]:
     return {"boxes": ref["boxes"], "scores": ref["scores"], "labels": ref["classes"]}
 
 
+@pytest.mark.slow
 @needs_d2
 @pytest.mark.parametrize("arch", ["C4", "DC5"])
 def test_converted_model_reproduces_detectron2(arch: str, d2_converted: dict[str, Path],

@@ -249,6 +249,7 @@ class _RPNRecorder:
         self.handle = rpn.register_forward_hook(lambda _, args, out: self.calls.append((args, out)))
 
 
+@pytest.mark.slow
 @needs_d2
 def test_converted_fpn_matches_detectron2_through_the_predictor(d2_converted: Path,
                                                                 d2_reference: dict[str, Any]) -> None:
@@ -274,6 +275,7 @@ def test_converted_fpn_matches_detectron2_through_the_predictor(d2_converted: Pa
         recorder.handle.remove()
 
 
+@pytest.mark.slow
 @needs_d2
 def test_converted_fpn_matches_detectron2_on_a_padded_crop_through_infer(d2_converted: Path,
                                                                          d2_reference: dict[str, Any],

@@ -249,6 +249,7 @@ def draw_shapes(n: int, size: int = 128, seed: int = 0) -> tuple[list[torch.Tens
     return images, targets
 
 
+@pytest.mark.slow
 def test_overfits_synthetic_shapes_to_high_map() -> None:
     """End to end: a from-scratch ResNet-18 C4 detector learns 4 images of 3 shape classes to VOC mAP@0.5 >= 0.9.
 

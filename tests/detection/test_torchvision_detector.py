@@ -311,6 +311,7 @@ def v1_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, P
     return tv, out, images
 
 
+@pytest.mark.slow
 def test_v1_coco_model_gives_torchvision_proposals_and_detections(
         v1_converted: tuple[nn.Module, Path, list[np.ndarray]]) -> None:
     tv, out, images = v1_converted
@@ -328,6 +329,7 @@ def test_v1_coco_model_gives_torchvision_proposals_and_detections(
         print(f"v1 000005 Predictor: {_compare(tv, predictor, images[0], COCO_ROWS, 'v1', normalized=False)}")
 
 
+@pytest.mark.slow
 def test_v2_model_gives_torchvision_proposals_and_detections(tmp_path: Path) -> None:
     # 406 x 500, padded 416 x 512: 416 is an odd multiple of 32, so torchvision's P6 rows are 59 px apart
     # (anchors.stride_from_padded_size, see the anchor test below).

@@ -50,6 +50,7 @@ json.dump({"seen": seen, "world": trainer.accelerator.num_processes, "changed": 
 """
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_splits_data_and_keeps_weights_identical(tmp_path: Path, synthetic_root: Path) -> None:
     script = tmp_path / "dist_train.py"
     script.write_text(DIST_SCRIPT)
@@ -182,6 +183,7 @@ def test_max_iter_flag_replaces_an_epoch_schedule() -> None:
     assert (s.max_epochs, s.max_iter, s.steps, s.step_fractions, s.warmup_iters) == (0.0, 40, (30,), (), 10)
 
 
+@pytest.mark.slow
 def test_periodic_evaluation_keeps_the_best_model_and_reads_the_test_set_once(
         tmp_path: Path, synthetic_root: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
@@ -232,6 +234,7 @@ def test_epoch_schedule_checkpoints_every_epoch_and_evaluation() -> None:
     assert due(["solver.max_iter=10"], evaluated=4) == [10]
 
 
+@pytest.mark.slow
 def test_log_lines_metrics_records_csv_and_curves(tmp_path: Path, synthetic_root: Path, one_thread: None,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:

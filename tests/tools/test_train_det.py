@@ -57,6 +57,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> 
     return full
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, synthetic_root: Path, full_run: Path) -> None:
     env = subprocess_env(synthetic_root)
     common, full = COMMON, full_run
@@ -85,6 +86,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, synthetic
     assert steps[-1] == 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "resume"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
 def test_stop_signal_checkpoints_the_step_says_how_to_resume_and_resume_is_exact(
         tmp_path: Path, synthetic_root: Path, full_run: Path, signum: int, resume: bool) -> None:
@@ -132,6 +134,7 @@ def _write_voc_tree(root: Path, year: str, ids: list[str], splits: dict[str, lis
     write_voc_year(root, year, images, splits)
 
 
+@pytest.mark.slow
 def test_voc07_plus_12_cli_smoke_then_eval_tool(tmp_path: Path) -> None:
     root = tmp_path / "data"
     ids07 = ["000001", "000002", "000003", "000004"]
@@ -219,6 +222,7 @@ def test_resume_on_another_dataset_is_refused_in_one_line(tmp_path: Path, synthe
     assert "dataset synthetic-train vs voc:" in err
 
 
+@pytest.mark.slow
 def test_resume_warning_names_the_fields_that_differ(tmp_path: Path, synthetic_root: Path, one_thread: None,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "run"
