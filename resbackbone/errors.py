@@ -73,7 +73,23 @@ class OutputError(InputError, OSError):
     there before is left as it was (writes are atomic)."""
 
 
+# The exit status of a tool stopped by bad input: argparse's own for a bad argument, so a script calling the tools
+# sees one status for every input error.
+INPUT_ERROR_STATUS = 2
+
+
+def report_input_error(prog: str, error: BaseException | str) -> int:
+    """The tools' one way to stop on bad input: ``prog: error: message`` on one line of stderr (argparse's form)
+    and :data:`INPUT_ERROR_STATUS` returned for ``main`` to return."""
+    import sys
+
+    message = " ".join(str(error).split("\n")).strip()
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return INPUT_ERROR_STATUS
+
+
 __all__ = [
+    "INPUT_ERROR_STATUS",
     "OutputError",
     "CheckpointError",
     "CheckpointNotFoundError",
@@ -83,4 +99,5 @@ __all__ = [
     "InputError",
     "WeightsError",
     "WeightsNotFoundError",
+    "report_input_error",
 ]

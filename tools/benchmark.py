@@ -22,14 +22,12 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# Running from a source checkout without installing must find the packages too.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from resbackbone.errors import report_input_error
 
+# The name in this tool's one-line errors ("benchmark: error: ...", argparse's form).
+PROG = "benchmark"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     from resbackbone.errors import InputError
 
     if args.iters < 1 or args.warmup < 0:
-        raise SystemExit(f"--iters must be >= 1 and --warmup >= 0, got {args.iters} / {args.warmup}")
+        return report_input_error(PROG, f"--iters must be >= 1 and --warmup >= 0, got {args.iters} / {args.warmup}")
     try:
         cfg = load_detection_config(args.config, args.overrides)
     except InputError as e:
-        raise SystemExit(str(e)) from None
+        return report_input_error(PROG, e)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     if args.mode == "inference":
         ds = build_test_dataset(cfg.data)

@@ -24,11 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# Running from a source checkout without installing must find the packages too.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from resbackbone.errors import report_input_error
 
+# The name in this tool's one-line errors ("check_dataset: error: ...", argparse's form).
+PROG = "check_dataset"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from detection.data.catalog import SPEC_HELP
@@ -106,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                 classes=classes, problems=problems, side=args.split)
         report = check_dataset(dataset, problems, decode=not args.no_decode, min_box_size=args.min_box_size)
     except InputError as e:
-        print(f"check_dataset: error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, e)
     print(json.dumps(report.as_dict(), indent=1) if args.json else report.format())
     if args.draw:
         written = draw_samples(dataset, args.draw, args.output)

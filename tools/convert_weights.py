@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resbackbone.errors import ConfigError, InputError
+from resbackbone.errors import ConfigError, InputError, report_input_error
 from resbackbone.resnet import ResNet
 from resbackbone.weights import pretrained_state_dict, save_backbone_weights
 
+# The name in this tool's one-line errors ("convert_weights: error: ...", argparse's form).
+PROG = "convert_weights"
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
@@ -80,8 +82,8 @@ def convert_backbone(args: argparse.Namespace) -> int:
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:  # pretrained_state_dict already checked; this guards the tool itself
-        print(f"error: {args.weights}: missing {missing[:6]}, unexpected {result.unexpected_keys[:6]}", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, f"{args.weights}: missing {missing[:6]}, unexpected "
+                                        f"{result.unexpected_keys[:6]}")
     save_backbone_weights(model, args.output, depth=args.depth, pixel_spec=info.pixel_spec,
                           stride_in_1x1=info.stride_in_1x1, extra_meta={"converted_from": info.location})
     print(f"wrote {args.output}: ResNet-{args.depth} from {info.source} ({info.location}); pixels "
@@ -178,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             return convert_torchvision_detector(args)
         return convert_detector(args) if args.detectron2 else convert_backbone(args)
     except InputError as e:  # the user's input: one line; anything else is a bug and keeps its traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, e)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# Running from a source checkout without installing must find the packages too.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from detection.evaluation import (  # noqa: E402
+from detection.evaluation import (
     METRICS,
     COCOEvaluator,
     VOCEvaluator,
@@ -37,10 +32,13 @@ from detection.evaluation import (  # noqa: E402
     load_results_json,
     read_devkit_results,
 )
-from resbackbone.errors import ConfigError, DataError, InputError  # noqa: E402
+from resbackbone.errors import ConfigError, DataError, InputError, report_input_error
 
 logger = logging.getLogger("eval_det")
 
+
+# The name in this tool's one-line errors ("eval_det: error: ...", argparse's form).
+PROG = "eval_det"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_report(args, evaluator)
     except InputError as e:
         # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
-        print(f"eval_det: error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, e)
     print(format_metrics(metrics))
     if args.output:
         out = Path(args.output)

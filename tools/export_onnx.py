@@ -20,18 +20,16 @@ import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# Running from a source checkout without installing must find the packages too.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from resbackbone.errors import ConfigError, InputError  # noqa: E402
+from resbackbone.errors import ConfigError, InputError, report_input_error
 
 logger = logging.getLogger("export_onnx")
 
 # ONNX opset: 17 has every operator the graph uses (NonMaxSuppression, RoiAlign with half-pixel mode from 16).
 OPSET = 17
 
+
+# The name in this tool's one-line errors ("export_onnx: error: ...", argparse's form).
+PROG = "export_onnx"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         path, size = export(args.checkpoint, args.output, backbone_only=args.backbone_only,
                             size=tuple(args.size) if args.size else None, opset=args.opset)
     except InputError as e:  # the user's input: one line; anything else is a bug and keeps its traceback
-        raise SystemExit(str(e)) from None
+        return report_input_error(PROG, e)
     what = "backbone" if args.backbone_only else "detector"
     logger.info("wrote %s %s (%d x %d input, %.1f MB)", what, path, *size, path.stat().st_size / 1e6)
     if not args.no_check:

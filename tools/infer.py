@@ -36,16 +36,17 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from resbackbone.errors import OutputError, report_input_error
+
 if TYPE_CHECKING:
     from detection.tta import TTAOptions
 
-REPO = Path(__file__).resolve().parents[1]
-# Running from a source checkout without installing must find the packages too.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 logger = logging.getLogger("infer")
 
+
+# The name in this tool's one-line errors ("infer: error: ...", argparse's form).
+PROG = "infer"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from resbackbone.errors import InputError
 
     if args.batch_size < 1:
-        raise SystemExit(f"--batch-size must be >= 1, got {args.batch_size}")
+        return report_input_error(PROG, f"--batch-size must be >= 1, got {args.batch_size}")
     # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
     try:
         tta = parse_tta(args.tta, scales=args.scales or PAPER_SCALES)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{', '.join(list(passed_over)[:10])}{', ...' if len(passed_over) > 10 else ''}", file=sys.stderr)
         return predict(args, tta, files, passed_over)
     except InputError as e:
-        raise SystemExit(f"infer: error: {e}") from None
+        return report_input_error(PROG, e)
 
 
 def collect_inputs(inputs: list[str], *, recursive: bool = False) -> tuple[dict[Path, str], dict[str, Path]]:
@@ -212,7 +213,7 @@ def predict(args: argparse.Namespace, tta: TTAOptions, names: dict[Path, str],
             target = (out_dir / key).with_suffix(suffix)
             target.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
-                raise SystemExit(f"could not write {target}")
+                raise OutputError(f"could not write {target}")
     report = {"class_names": class_names, "images": per_image,
               "skipped": {names.get(p, p.name): reason for p, reason in skipped},
               "passed_over": sorted(passed_over or {})}
@@ -224,7 +225,7 @@ def predict(args: argparse.Namespace, tta: TTAOptions, names: dict[Path, str],
     for _, reason in skipped:  # the reason names the file
         print(f"infer: skipped: {reason}", file=sys.stderr)
     if skipped and not per_image:
-        raise SystemExit(f"infer: error: none of the {len(files)} file(s) could be decoded")
+        return report_input_error(PROG, f"none of the {len(files)} file(s) could be decoded")
     if skipped:
         logger.warning("%d of %d file(s) could not be decoded and were skipped (listed under 'skipped' in "
                        "detections.json)", len(skipped), len(files))

@@ -23,8 +23,10 @@ from resbackbone.classification import ClassificationTrainer, load_cls_config
 from resbackbone.engine.checkpoint import CheckpointManager
 from resbackbone.engine.progress import NonFiniteLossError
 from resbackbone.engine.schedule import rescale_schedule
-from resbackbone.errors import InputError
+from resbackbone.errors import InputError, report_input_error
 
+# The name in this tool's one-line errors ("train_cls: error: ...", argparse's form).
+PROG = "train_cls"
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -46,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     # Intermixed: key=value overrides may stand before, between or after the flags.
     args = p.parse_intermixed_args(argv)
     if args.eval_only and not args.checkpoint:
-        print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, "--eval-only needs --checkpoint FILE")
     # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
     try:
         cfg = load_cls_config(args.config, args.overrides)
@@ -73,12 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = trainer.train()
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, e)
     except NonFiniteLossError as e:
         latest = CheckpointManager(cfg.output_dir).latest()
         kept = f"the last good checkpoint is {latest}" if latest else f"no checkpoint was written to {cfg.output_dir}"
-        print(f"error: {e}; {kept}", file=sys.stderr)
+        print(f"{PROG}: error: {e}; {kept}", file=sys.stderr)
         return 3
     if trainer.accelerator.is_main_process:
         print(json.dumps(result, indent=1))

@@ -27,13 +27,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-# Running from a source checkout without installing must find the packages too.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from detection.backbone import RESNET_NAMES  # noqa: E402
-from detection.config import (  # noqa: E402
+from detection.backbone import RESNET_NAMES
+from detection.config import (
     DEFAULT_CONFIGS,
     DEFAULT_TEST_SETS,
     RECIPES,
@@ -41,22 +36,26 @@ from detection.config import (  # noqa: E402
     default_config_name,
     load_detection_config,
 )
-from detection.data.catalog import (  # noqa: E402
+from detection.data.catalog import (
     canonical_spec,
     default_test_spec,
     describe_spec,
     parse_dataset_spec,
     read_class_list,
 )
-from resbackbone.engine.checkpoint import CheckpointManager  # noqa: E402
-from resbackbone.engine.config import parse_overrides  # noqa: E402
-from resbackbone.engine.progress import NonFiniteLossError  # noqa: E402
-from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule  # noqa: E402
-from resbackbone.engine.trainer import TrainingInterrupted  # noqa: E402
-from resbackbone.errors import ConfigError, InputError  # noqa: E402
+from resbackbone.engine.checkpoint import CheckpointManager
+from resbackbone.engine.config import parse_overrides
+from resbackbone.engine.progress import NonFiniteLossError
+from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule
+from resbackbone.engine.trainer import TrainingInterrupted
+from resbackbone.errors import ConfigError, InputError, report_input_error
 
+REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "det"
 
+
+# The name in this tool's one-line errors ("train_det: error: ...", argparse's form).
+PROG = "train_det"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     if args.eval_only and not args.checkpoint:
-        print("error: --eval-only needs --checkpoint FILE", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, "--eval-only needs --checkpoint FILE")
     # Errors caused by the user's input are one line; anything else is a bug and keeps its traceback.
     try:
         cfg = resolve_config(args)
@@ -250,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                           progress=not args.no_progress)
         result = trainer.train()
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(PROG, e)
     except TrainingInterrupted as e:
         # The checkpoint of that step is written; the usual exit status of a run ended by this signal.
         print(str(e), file=sys.stderr)
@@ -264,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         latest = CheckpointManager(cfg.output_dir).latest()
         kept = f"the last good checkpoint is {latest}" if latest else f"no checkpoint was written to {cfg.output_dir}"
-        print(f"error: {e}; {kept}", file=sys.stderr)
+        print(f"{PROG}: error: {e}; {kept}", file=sys.stderr)
         return 3
     if trainer.accelerator.is_main_process:
         summary = {k: v for k, v in result.items() if k not in ("per_class", "log") and not isinstance(v, dict)}

@@ -403,7 +403,7 @@ def test_foreign_files_are_refused_in_one_line(tmp_path: Path, tiny_checkpoint: 
         assert convert_weights.main(["--torchvision-detector", str(path), "--output", str(tmp_path / "o.pth"),
                                      *extra]) == 2
         err = capsys.readouterr().err.strip()
-        assert "\n" not in err and "Traceback" not in err and err.startswith("error: "), err
+        assert "\n" not in err and "Traceback" not in err and err.startswith("convert_weights: error: "), err
         return err
 
     resnet = torchvision.models.resnet18().state_dict()

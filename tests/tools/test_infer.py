@@ -60,14 +60,14 @@ def test_infer_tool_writes_drawn_images_and_json(tmp_path: Path, tiny_checkpoint
     assert first["category_id"] == data["images"]["a.png"]["detections"][0]["label"] + 1
 
 
-def test_infer_tool_errors(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    with pytest.raises(SystemExit, match="no such file"):
-        infer.main(["--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "missing.jpg")])
+def test_infer_tool_errors(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad input: one line ``infer: error: ...`` and exit status 2, as every tool (and argparse) does."""
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no image files"):
-        infer.main(["--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "empty")])
-    with pytest.raises(SystemExit, match="unknown --tta"):
-        infer.main(["--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path), "--tta", "flip,mirror"])
+    for argv, what in (([str(tmp_path / "missing.jpg")], "no such file"), ([str(tmp_path / "empty")], "no image files"),
+                       ([str(tmp_path), "--tta", "flip,mirror"], "unknown --tta")):
+        assert infer.main(["--checkpoint", str(tiny_checkpoint), "--input", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("infer: error: ") and what in err and err.count("\n") == 1, err
 
 
 def test_infer_tool_scores_a_test_set_with_tta(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -277,5 +277,5 @@ def test_cli_typo_is_blamed_on_the_command_line(tmp_path: Path, capsys: pytest.C
     assert train_det.main(["--dataset", f"voc:{folder}:train", "--output-dir", str(tmp_path / "o"),
                            "solver.bogus_key=1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: command-line override") and "'solver.bogus_key'" in err
+    assert err.startswith("train_det: error: command-line override") and "'solver.bogus_key'" in err
     assert "finetune_c4.yaml" not in err and "\n" not in err
