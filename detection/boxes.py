@@ -107,7 +107,7 @@ def topk_per_image(kept: Tensor, image_index: Tensor, num_images: int, k: int) -
     # A stable sort by image keeps the score order inside each image; rank = position within its image.
     order = image_index.argsort(stable=True)
     kept, image_index = kept[order], image_index[order]
-    counts = _counts(image_index, num_images)
+    counts = group_counts(image_index, num_images)
     starts = counts.cumsum(0) - counts
     rank = torch.arange(kept.numel(), device=kept.device) - starts[image_index]
     return kept[rank < k]
@@ -126,12 +126,12 @@ def split_by_image(image_index: Tensor, num_images: int, *values: Tensor) -> tup
     if num_images == 1:
         return tuple([v] for v in values)  # one image: its rows are all rows, no count to read
     # Python lists per image need the counts on the host: the path's only host read, unavoidable.
-    counts = _counts(image_index, num_images).tolist()
+    counts = group_counts(image_index, num_images).tolist()
     return tuple(list(v.split(counts)) for v in values)
 
 
-def _counts(image_index: Tensor, num_images: int) -> Tensor:
-    """``(D,)`` int64 image indices in ``[0, N)`` -> ``(N,)`` int64 rows per image. A scatter-add, not
+def group_counts(image_index: Tensor, num_images: int) -> Tensor:
+    """``(D,)`` int64 group (image, level) indices in ``[0, N)`` -> ``(N,)`` int64 rows per group. A scatter-add, not
     ``torch.bincount``: on CUDA bincount reads the maximum (and minimum) back to the host to size its output."""
     counts = torch.zeros(num_images, dtype=torch.int64, device=image_index.device)
     return counts.scatter_add_(0, image_index, torch.ones_like(image_index))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
-from .boxes import box_area
+from .boxes import box_area, group_counts
 
 # FPN's canonical box: 224 px, the ImageNet pre-training size, is pooled from level 4 (P4, stride 16).
 CANONICAL_BOX_SIZE = 224.0
@@ -132,8 +132,7 @@ class RoIPooler(nn.Module):
                 out = out.index_put((idx,), self._pool(f, rois[idx], s))
             return out
         order = level.argsort(stable=True)
-        counts = torch.zeros(len(features), dtype=torch.int64, device=level.device)
-        counts = counts.scatter_add_(0, level, torch.ones_like(level)).tolist()  # the one host read
+        counts = group_counts(level, len(features)).tolist()  # the one host read
         pooled = torch.cat([self._pool(f, r, s) for f, r, s in zip(features, rois[order].split(counts),
                                                                       self.strides)])
         out = torch.empty_like(pooled)
