@@ -242,36 +242,3 @@ class DetectionConfig:
 def load_detection_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DetectionConfig:
     """Defaults <- YAML ``path`` (one ``base:`` level) <- ``key=value`` overrides, strictly checked."""
     return load_config(DetectionConfig, path, overrides)
-
-
-# Dataset name -> the config file (in configs/det/) a bare ``--dataset NAME`` uses: the paper's setting for it.
-DEFAULT_CONFIGS: dict[str, str] = {
-    **dict.fromkeys(("synthetic-train", "synthetic-test"), "synthetic_r18_c4.yaml"),
-    **dict.fromkeys(("voc07+12", "voc07-trainval", "voc07-train", "voc07-val", "voc07-test", "voc12-trainval",
-                     "voc12-train", "voc12-val"), "voc07+12_c4.yaml"),
-    "voc07++12": "voc07++12_c4.yaml",
-    **dict.fromkeys(("coco2017-train", "coco2017-val", "coco2014-train", "coco2014-val", "coco2014-minival",
-                     "coco2014-valminusminival"), "coco_c4_paper.yaml"),
-}
-# The test set each training set is evaluated on when neither --test-dataset nor the config names one.
-DEFAULT_TEST_SETS: dict[str, str] = {"synthetic-train": "synthetic-test", "synthetic-test": "synthetic-test"}
-
-
-# The fine-tuning recipes for a user's own data: the default (R50-FPN, GPU-sized, what Detectron2 and torchvision
-# users fine-tune from) and the CPU-sized one.
-RECIPES: dict[str, str] = {"default": "finetune_fpn.yaml", "cpu": "finetune_c4_cpu.yaml"}
-
-
-def default_config_name(dataset: Any, recipe: str = "default") -> str:
-    """The config file name (relative to ``configs/det/``) for training on ``dataset`` (None: synthetic).
-
-    ``dataset``: a catalog name, or any description of a user's own data (a ``coco:...`` string, a mapping
-    ``{format: coco, ...}``, a list of those), which gets the fine-tuning ``recipe`` of :data:`RECIPES`.
-    """
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; expected one of {sorted(RECIPES)}")
-    if recipe != "default":
-        return RECIPES[recipe]
-    name = dataset or "synthetic-train"
-    # A user's own dataset (any description that is not a catalog name): the small-dataset fine-tuning recipe.
-    return DEFAULT_CONFIGS.get(name, RECIPES[recipe]) if isinstance(name, str) else RECIPES[recipe]

@@ -40,6 +40,7 @@ from .checkpoint import (
     upgrade_config_dict,
 )
 from .config import DetectionConfig
+from .recipes import RECIPES, schedule_at_fractions
 
 logger = logging.getLogger("detection.train")
 # Iterations between two metrics.jsonl records / log lines, and the window their losses are smoothed over
@@ -49,7 +50,6 @@ LOG_PERIOD = 20
 LONG_CPU_RUN_S = 3600.0
 # Steps timed for that estimate, after the first (which pays for allocation and warm-up).
 ESTIMATE_STEPS = 3
-CPU_RECIPE = "configs/det/finetune_c4_cpu.yaml"
 # Config keys whose change between a checkpoint and its resume is expected (the schedule, the evaluation, where
 # the folder now is, how many loader workers this machine runs).
 RESUME_FREE_KEYS = ("solver.", "test.", "output_dir", "data.num_workers")
@@ -112,12 +112,9 @@ def resolve_epoch_schedule(cfg: DetectionConfig, num_images: int) -> DetectionCo
         return cfg
     if any(not 0 < f < 1 for f in s.step_fractions):
         raise ConfigError(f"solver.step_fractions must lie in (0, 1), got {list(s.step_fractions)}")
-    max_iter = max(1, math.ceil(s.max_epochs * num_images / s.ims_per_batch))
-    steps = tuple(sorted({max(1, round(f * max_iter)) for f in s.step_fractions}))
-    warmup = min(s.warmup_iters, max(max_iter // 4, 1)) if s.warmup_iters else 0
+    solver = schedule_at_fractions(s, max(1, math.ceil(s.max_epochs * num_images / s.ims_per_batch)))
     logger.info("schedule: %g epochs of %d images at %d per step = %d iterations, lr steps at %s, warm-up %d",
-                s.max_epochs, num_images, s.ims_per_batch, max_iter, list(steps), warmup)
-    solver = replace(s, max_iter=max_iter, steps=steps, warmup_iters=warmup)
+                s.max_epochs, num_images, s.ims_per_batch, solver.max_iter, list(solver.steps), solver.warmup_iters)
     test = cfg.test
     if test.eval_epochs > 0:
         test = replace(test, eval_period=max(1, round(test.eval_epochs * num_images / s.ims_per_batch)))
@@ -405,7 +402,7 @@ class Trainer(TrainerBase):
             return
         logger.warning("this run needs about %s on the CPU (%.2f s/iteration x %d iterations left); the CPU-sized "
                        "recipe (tools/train_det.py --recipe cpu, %s) is made for it, or shorten it with --epochs / "
-                       "--imgsz", format_eta(eta), seconds_per_iter, remaining, CPU_RECIPE)
+                       "--imgsz", format_eta(eta), seconds_per_iter, remaining, "configs/det/" + RECIPES["cpu"])
 
     def _write_eval(self, iteration: int, metrics: dict[str, Any]) -> None:
         """The evaluation's numbers and per-class AP (``test/AP/<class>``, null without ground truth) as one

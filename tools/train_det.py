@@ -24,38 +24,20 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
-from detection.backbone import RESNET_NAMES
-from detection.config import (
-    DEFAULT_CONFIGS,
-    DEFAULT_TEST_SETS,
-    RECIPES,
-    DetectionConfig,
-    default_config_name,
-    load_detection_config,
-)
-from detection.data.catalog import (
-    canonical_spec,
-    default_test_spec,
-    describe_spec,
-    parse_dataset_spec,
-    read_class_list,
-)
+from detection.config import DetectionConfig
+from detection.data.catalog import describe_spec
+from detection.recipes import RECIPES, RunOptions, resolve_run_config
 from resbackbone.engine.checkpoint import CheckpointManager
-from resbackbone.engine.config import parse_overrides
 from resbackbone.engine.progress import NonFiniteLossError
-from resbackbone.engine.schedule import apply_linear_scaling, rescale_schedule
 from resbackbone.engine.trainer import TrainingInterrupted
-from resbackbone.errors import ConfigError, InputError, report_input_error
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs" / "det"
-
+from resbackbone.errors import InputError, report_input_error
 
 # The name in this tool's one-line errors ("train_det: error: ...", argparse's form).
 PROG = "train_det"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,120 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-# Folder and file names that say nothing about a dataset (an export's split folder, the usual JSON names): the
-# default output folder is named after the first meaningful one above them.
-_GENERIC_NAMES = {"annotations", "annotation", "annots", "instances", "labels", "images", "train", "training",
-                  "val", "valid", "validation", "test", "data", "dataset", "datasets", "export", "coco", "voc",
-                  "yolo", "trainval", "default", "json"}
-
-
-def _override_value(overrides: list[str], key: str) -> object:
-    """The value a ``key=value`` override gives ``key`` (dotted), or None."""
-    node: object = parse_overrides(overrides)
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def dataset_label(spec: object) -> str:
-    """A folder-name-safe name for a user's dataset: its folder, or its JSON / YAML file's stem when that is not
-    a generic name (``pets/train/_annotations.coco.json`` -> ``pets``)."""
-    path = Path(parse_dataset_spec(spec)[0].path).expanduser().resolve()
-    # A file's name up to its first dot ("_annotations.coco.json" -> "_annotations"), then the folders above it.
-    names = [path.name.split(".")[0] if path.suffix else path.name, *(q.name for q in path.parents)]
-    for name in (n.strip("_-. ") for n in names):
-        if name and not set(name.lower().replace("-", "_").split("_")) <= _GENERIC_NAMES:
-            return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
-    return "dataset"
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The command line as :class:`detection.recipes.RunOptions` (one field per flag)."""
+    return RunOptions(**{f.name: getattr(args, f.name) for f in fields(RunOptions)})
 
 
 def resolve_config(args: argparse.Namespace) -> DetectionConfig:
-    """Config file <- overrides <- dedicated flags, then the linear lr scaling rule and ``--max-iter``."""
-    # The training set named on the command line: --dataset, or data.train=... among the overrides (both choose
-    # the fine-tuning recipe for own data, not the synthetic one).
-    train_override = _override_value(args.overrides, "data.train")
-    train_spec = args.dataset or train_override
-    if args.config and args.recipe:
-        raise ConfigError("--recipe chooses the config file; give either --recipe or --config, not both")
-    name = default_config_name(train_spec, args.recipe or "default")
-    path = Path(args.config) if args.config else CONFIG_DIR / name
-    cfg = load_detection_config(path, args.overrides)
-    own_data = train_spec is not None and not (isinstance(train_spec, str) and train_spec in DEFAULT_CONFIGS)
-    data = cfg.data
-    if args.dataset:
-        data = replace(data, train=args.dataset)
-        if not args.test_dataset and args.dataset in DEFAULT_TEST_SETS:
-            data = replace(data, test=DEFAULT_TEST_SETS[args.dataset])
-    if own_data and not args.test_dataset and _override_value(args.overrides, "data.test") is None and (
-            args.dataset or data.test is None):
-        data = replace(data, test=default_test_spec(data.train))
-    if data.train is None:
-        raise ConfigError(f"{path} names no training set: pass --dataset (or data.train=...)")
-    if args.test_dataset:
-        data = replace(data, test=args.test_dataset)
-    if args.classes:
-        data = replace(data, classes=read_class_list(args.classes))
-    if args.data_root:
-        data = replace(data, root=args.data_root)
-    if args.imgsz is not None:
-        if args.imgsz < 1:
-            raise ConfigError(f"--imgsz must be >= 1, got {args.imgsz}")
-        # The long-side caps keep their ratio to the short side's old value, so shapes stay as the recipe meant.
-        n = args.imgsz
-        data = replace(data, min_size_train=(n,), min_size_test=n,
-                       max_size_train=max(n, round(data.max_size_train * n / max(data.min_size_train))),
-                       max_size_test=max(n, round(data.max_size_test * n / data.min_size_test)))
-    # Absolute paths in the resolved config: a resume or an evaluation from another directory finds the data.
-    data = replace(data, train=canonical_spec(data.train, "data.train"), test=canonical_spec(data.test, "data.test"))
-    bb = cfg.model.backbone
-    if args.backbone:
-        name = args.backbone
-        if not name.startswith("timm:") and name not in RESNET_NAMES:
-            name = "timm:" + name  # any other name is a timm model (checked when the model is built)
-        bb = replace(bb, name=name)
-        if name.startswith("timm:") and not args.backbone_weights and bb.weights != "none":
-            # The config's ImageNet init (torchvision / msra) names weights of our ResNets; a timm network's
-            # ImageNet weights are its own timm ones.
-            bb = replace(bb, weights="timm")
-    if args.backbone_weights:
-        bb = replace(bb, weights=args.backbone_weights)
-    model = replace(cfg.model, backbone=bb)
-    if args.init_from:
-        model = replace(model, weights=args.init_from)
-    cfg = replace(cfg, data=data, model=model)
-    if args.output_dir:
-        cfg = replace(cfg, output_dir=args.output_dir)
-    elif own_data and cfg.output_dir == f"output/{path.stem}" and _override_value(args.overrides, "output_dir") is None:
-        # The recipe's generic folder would hold every dataset's run: name it after the data instead.
-        cfg = replace(cfg, output_dir=f"output/{dataset_label(data.train)}_{path.stem.removeprefix('finetune_')}")
-    solver = cfg.solver
-    if args.batch is not None:
-        if args.batch < 1:
-            raise ConfigError(f"--batch must be >= 1, got {args.batch}")
-        # The recipe's lr / schedule were written for its own batch size: the linear scaling rule moves them.
-        solver = replace(solver, ims_per_batch=args.batch,
-                         reference_ims_per_batch=solver.reference_ims_per_batch or solver.ims_per_batch)
-    if args.epochs is not None:
-        if args.max_iter is not None:
-            raise ConfigError("--epochs and --max-iter both set the run's length; give one")
-        if args.epochs <= 0:
-            raise ConfigError(f"--epochs must be > 0, got {args.epochs}")
-        fractions = solver.step_fractions
-        if not solver.max_epochs and solver.max_iter > 0:  # an iteration schedule: its steps keep their places
-            fractions = tuple(st / solver.max_iter for st in solver.steps if 0 < st < solver.max_iter)
-        solver = replace(solver, max_epochs=args.epochs, step_fractions=fractions)
-    solver = apply_linear_scaling(solver)
-    if args.max_iter is not None and solver.max_epochs > 0:
-        # An explicit iteration count replaces an epoch schedule; its lr steps keep their fractions.
-        n = args.max_iter
-        solver = replace(solver, max_epochs=0.0, max_iter=n, step_fractions=(),
-                         steps=tuple(sorted({max(1, round(f * n)) for f in solver.step_fractions if round(f * n) < n})),
-                         warmup_iters=min(solver.warmup_iters, max(n // 4, 1)))
-    elif args.max_iter is not None:
-        solver = rescale_schedule(solver, args.max_iter)
-    return replace(cfg, solver=solver)
+    """The run's config: :func:`detection.recipes.resolve_run_config` of the command line."""
+    return resolve_run_config(run_options(args))
 
 
 def evaluate_checkpoint(args: argparse.Namespace, cfg: DetectionConfig) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from detection.recipes import dataset_label
 from resbackbone.errors import ConfigError
 from tests.helpers import REPO, TINY_TRAINING, subprocess_env, write_voc_year
 from tools import train_det
@@ -248,7 +249,7 @@ def test_data_train_override_picks_the_finetuning_recipe_and_names_the_output_fo
     assert (cfg.model.backbone.name, cfg.model.roi_heads.pooler_resolution, cfg.solver.optimizer) == \
         ("resnet18", 4, "adamw")
     # A COCO export's generic names are passed over for its folder; explicit folders are kept.
-    assert train_det.dataset_label({"format": "coco", "ann_file": "/x/pets/train/_annotations.coco.json",
+    assert dataset_label({"format": "coco", "ann_file": "/x/pets/train/_annotations.coco.json",
                                     "image_dir": "/x/pets/train"}) == "pets"
     cfg = train_det.resolve_config(train_det.parse_args(["--dataset", f"voc:{folder}:train", "--output-dir", "o"]))
     assert cfg.output_dir == "o"
