@@ -16,9 +16,21 @@ import sys
 from pathlib import Path
 
 from resbackbone.classification import ClassificationTrainer, load_cls_config
+from resbackbone.errors import InputError, report_input_error
+
+# The name in this tool's one-line errors ("degradation: error: ...", argparse's form).
+PROG = "degradation"
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except InputError as e:
+        return report_input_error(PROG, e)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Train the plain / residual pairs and plot them (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-root")
