@@ -22,13 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detection.data import build_dataset, build_train_loader, get_data_root  # noqa: E402
+from detection.data import DetectionTransform, build_dataset, build_train_loader, get_data_root  # noqa: E402
 
 
 def measure(name: str, root: Path | None, *, workers: int, batches: int, warmup: int, batch_size: int,
             min_size: int, max_size: int) -> float:
     """Images per second of the training loader over ``batches`` batches after ``warmup`` batches."""
-    ds = build_dataset(name, root, train=True, min_size=min_size, max_size=max_size, flip_prob=0.5)
+    ds = build_dataset(name, root, train=True,
+                       transform=DetectionTransform(min_size=min_size, max_size=max_size, train=True))
     loader = build_train_loader(ds, batch_size=batch_size, seed=0, num_workers=workers)
     it = iter(loader)
     for _ in range(warmup):

@@ -1,16 +1,68 @@
-"""detection: Faster R-CNN on ResNet C4 / DC5 features (He et al. 2016, Appendix A).
+"""detection: Faster R-CNN on ResNet C4 / DC5 / FPN features (He et al. 2016, Appendix A; Lin et al. 2017).
 
-Submodules import lazily-heavy pieces (timm, pycocotools) only where used; the model API is re-exported here.
+The model API below is re-exported lazily (PEP 562): ``from detection import FasterRCNN`` imports torch then, but
+``import detection.onnx_predictor`` (the onnxruntime runtime) and the other torch-free modules (``images``,
+``results``, ``visualize``) load without it. Submodules import heavy pieces (timm, pycocotools) only where used.
 """
 
-from .anchors import AnchorGenerator, base_anchors
-from .box_coder import BBOX_XFORM_CLIP, BoxCoder
-from .boxes import batched_pairwise_iou, box_area, clip_boxes, nonempty, pad_boxes
-from .faster_rcnn import FasterRCNN, build_faster_rcnn
-from .matcher import Matcher
-from .roi_heads import C4BoxHead, FCBoxHead, RoIHeads
-from .rpn import RPN, RPNHead
-from .sampler import sample_balanced
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .anchors import AnchorGenerator, base_anchors
+    from .box_coder import BBOX_XFORM_CLIP, BoxCoder
+    from .boxes import batched_pairwise_iou, box_area, clip_boxes, nonempty, pad_boxes
+    from .faster_rcnn import FasterRCNN, build_faster_rcnn
+    from .matcher import Matcher
+    from .roi_heads import C4BoxHead, FCBoxHead, RoIHeads
+    from .rpn import RPN, RPNHead
+    from .sampler import sample_balanced
+
+# Public name -> the submodule defining it (imported when the name is first read).
+_LAZY: dict[str, str] = {
+    "AnchorGenerator": "anchors",
+    "base_anchors": "anchors",
+    "BBOX_XFORM_CLIP": "box_coder",
+    "BoxCoder": "box_coder",
+    "batched_pairwise_iou": "boxes",
+    "box_area": "boxes",
+    "clip_boxes": "boxes",
+    "nonempty": "boxes",
+    "pad_boxes": "boxes",
+    "FasterRCNN": "faster_rcnn",
+    "build_faster_rcnn": "faster_rcnn",
+    "Matcher": "matcher",
+    "C4BoxHead": "roi_heads",
+    "FCBoxHead": "roi_heads",
+    "RoIHeads": "roi_heads",
+    "RPN": "rpn",
+    "RPNHead": "rpn",
+    "sample_balanced": "sampler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule on first use and cache the name here (PEP 562). A submodule's own name
+    imports it, as the eager imports this replaces made ``package.submodule`` work after ``import package``."""
+    module = _LAZY.get(name)
+    if module is None:
+        if not name.startswith("__"):
+            try:
+                return importlib.import_module(f".{name}", __name__)
+            except ModuleNotFoundError as e:
+                if e.name != f"{__name__}.{name}":
+                    raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BBOX_XFORM_CLIP",

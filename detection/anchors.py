@@ -113,18 +113,27 @@ class AnchorGenerator(nn.Module):
         (matches the RPN head's ``(N, A, H, W) -> (N, H, W, A)`` flattening)."""
         if len(shapes) != len(self.strides):
             raise ValueError(f"{len(shapes)} feature maps for anchors of {len(self.strides)} levels")
+        if torch.jit.is_tracing():
+            # Traced sizes are tensors (ONNX export with dynamic height / width): no cache, whose int key would
+            # freeze the tracing input's size into the graph.
+            return self._grid(shapes)
         key = (tuple((int(h), int(w)) for h, w in shapes), str(self.cell_anchors.device))
         if key not in self._cache:
-            dev = self.cell_anchors.device
-            # The padded image size, from the first (finest) level, whose stride divides it exactly.
-            padded_h, padded_w = int(shapes[0][0]) * self.strides[0], int(shapes[0][1]) * self.strides[0]
-            out = []
-            for (h, w), stride, cells in zip(shapes, self.strides, self.cell_anchors):
-                stride_y, stride_x = (padded_h // h, padded_w // w) if self.stride_from_padded_size else (stride,) * 2
-                sx = (torch.arange(w, dtype=torch.float32, device=dev) + self.offset) * stride_x
-                sy = (torch.arange(h, dtype=torch.float32, device=dev) + self.offset) * stride_y
-                yy, xx = torch.meshgrid(sy, sx, indexing="ij")
-                shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
-                out.append((shifts + cells[None]).reshape(-1, 4))  # (H*W, A, 4) -> (H*W*A, 4)
-            self._cache = {key: out}
+            self._cache = {key: self._grid(key[0])}
         return self._cache[key]
+
+    def _grid(self, shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
+        """:meth:`grid_anchors` without the cache; the sizes may be Python ints or (when tracing) 0-dim tensors."""
+        dev = self.cell_anchors.device
+        # The padded image size, from the first (finest) level, whose stride divides it exactly.
+        padded_h, padded_w = shapes[0][0] * self.strides[0], shapes[0][1] * self.strides[0]
+        out = []
+        for level, ((h, w), stride) in enumerate(zip(shapes, self.strides)):
+            cells = self.cell_anchors[level]  # (A, 4); indexed, not iterated: the tracer warns on iterating
+            stride_y, stride_x = (padded_h // h, padded_w // w) if self.stride_from_padded_size else (stride,) * 2
+            sx = (torch.arange(w, dtype=torch.float32, device=dev) + self.offset) * stride_x
+            sy = (torch.arange(h, dtype=torch.float32, device=dev) + self.offset) * stride_y
+            yy, xx = torch.meshgrid(sy, sx, indexing="ij")
+            shifts = torch.stack((xx, yy, xx, yy), dim=-1).reshape(-1, 1, 4)  # (H*W, 1, 4)
+            out.append((shifts + cells[None]).reshape(-1, 4))  # (H*W, A, 4) -> (H*W*A, 4)
+        return out

@@ -40,8 +40,11 @@ def batched_pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
 
 def clip_boxes(boxes: Tensor, height: Tensor | float, width: Tensor | float) -> Tensor:
     """Clip ``(..., 4)`` boxes to ``[0, width] x [0, height]``; height/width broadcast against ``boxes[..., 0]``."""
-    h = torch.as_tensor(height, dtype=boxes.dtype, device=boxes.device)
-    w = torch.as_tensor(width, dtype=boxes.dtype, device=boxes.device)
+    # Tensors are converted with .to (torch.as_tensor would be a constant in a traced graph, and warns so).
+    h = height.to(boxes) if isinstance(height, Tensor) else torch.as_tensor(height, dtype=boxes.dtype,
+                                                                           device=boxes.device)
+    w = width.to(boxes) if isinstance(width, Tensor) else torch.as_tensor(width, dtype=boxes.dtype,
+                                                                         device=boxes.device)
     x1 = torch.minimum(boxes[..., 0].clamp(min=0), w)
     y1 = torch.minimum(boxes[..., 1].clamp(min=0), h)
     x2 = torch.minimum(boxes[..., 2].clamp(min=0), w)
@@ -101,8 +104,9 @@ def topk_per_image(kept: Tensor, image_index: Tensor, num_images: int, k: int) -
         ``(D',)`` the kept indices of image 0, then image 1, ..., by descending score within an image, at most
         ``k`` per image.
     """
-    if num_images == 1:
-        # A Python int, so decided when tracing: the export graph is one image, and ONNX has no bincount.
+    if torch.jit.is_tracing() or num_images == 1:
+        # The export graph is one image (its batch axis is fixed at 1; ONNX has no bincount). While tracing
+        # num_images is a traced size, which this test would otherwise freeze with a warning.
         return kept[:k]
     # A stable sort by image keeps the score order inside each image; rank = position within its image.
     order = image_index.argsort(stable=True)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resbackbone.engine.checkpoint import CheckpointManager
+from resbackbone.engine.checkpoint import FORMAT_VERSION_KEY, CheckpointManager, upgrade_to_current
 from resbackbone.engine.config import from_dict, to_dict
 from resbackbone.errors import CheckpointError, WeightsError
 
@@ -30,6 +30,9 @@ logger = logging.getLogger("detection.checkpoint")
 
 # Key of the weights-only file format written at the end of training (model + config + class names).
 DETECTOR_FORMAT = "resnet-det/faster-rcnn"
+# Version of the detector file and of the detection training checkpoint (their config trees change together).
+# Raise it with every change an old file needs translated for, and add the translation to DETECTOR_UPGRADES.
+DETECTOR_FORMAT_VERSION = 1
 FINAL_WEIGHTS_NAME = "model_final.pth"
 BEST_WEIGHTS_NAME = "model_best.pth"
 
@@ -42,6 +45,7 @@ def detector_payload(model: nn.Module, cfg: DetectionConfig, class_names: Sequen
     """
     return {
         "format": DETECTOR_FORMAT,
+        FORMAT_VERSION_KEY: DETECTOR_FORMAT_VERSION,
         "config": to_dict(cfg),
         "class_names": list(class_names),
         "dataset": dict(getattr(model, "dataset_meta", {})),  # any nn.Module may be saved
@@ -77,7 +81,7 @@ def dataset_meta(*datasets: Any) -> dict[str, Any]:
 
 
 def upgrade_config_dict(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config dict in today's keys: ``solver.grad_accum_steps`` (before 2026-12-01) became
+    """An unversioned file's config dict in version 1's keys: ``solver.grad_accum_steps`` became
     ``solver.ims_per_device``, the images of one pass (``ims_per_batch / accumulation``; one process assumed)."""
     data = dict(config)
     solver = dict(data.get("solver") or {})
@@ -88,13 +92,15 @@ def upgrade_config_dict(config: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _legacy_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """The config of a file written before the resolved config existed, with its separate "backbone" entry
-    (norm, stride placement, pixel spec as the trained model used them) folded in, so it rebuilds the same."""
-    data = upgrade_config_dict(ckpt["config"])
-    legacy = ckpt.get("backbone")
-    if not legacy:
-        return data
+def _upgrade_unversioned(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 (files from before format versions) -> 1: the config in today's keys (see
+    :func:`upgrade_config_dict`), and the separate "backbone" entry of files written before the resolved config
+    existed (norm, stride placement, pixel spec as the trained model used them) folded into it, so it rebuilds
+    the same."""
+    data = upgrade_config_dict(ckpt["config"]) if isinstance(ckpt.get("config"), Mapping) else ckpt.get("config")
+    legacy = ckpt.pop("backbone", None)
+    if not legacy or not isinstance(data, dict):
+        return {**ckpt, "config": data}
     model = dict(data.get("model", {}))
     backbone = dict(model.get("backbone", {}))
     backbone["norm"] = legacy.get("norm", "bn")
@@ -104,7 +110,17 @@ def _legacy_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
         px = legacy["pixel"]
         model["pixel"] = {"mean": list(px["mean"]), "std": list(px["std"]), "channel_order": px["channel_order"]}
     data["model"] = model
-    return data
+    return {**ckpt, "config": data}
+
+
+# Version v -> v + 1 translations of detector files and detection training checkpoints.
+DETECTOR_UPGRADES = {0: _upgrade_unversioned}
+
+
+def upgrade_detector_payload(ckpt: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """A loaded detector file or detection training checkpoint in today's format (:data:`DETECTOR_FORMAT_VERSION`);
+    a file from a newer version is refused in one line naming it."""
+    return upgrade_to_current(ckpt, DETECTOR_FORMAT_VERSION, DETECTOR_UPGRADES, path)
 
 
 def read_detector_file(path: str | Path) -> tuple[DetectionConfig, list[str], dict[str, torch.Tensor]]:
@@ -121,11 +137,12 @@ def read_detector_file_meta(
     ckpt = CheckpointManager.load(path)
     if not isinstance(ckpt, Mapping) or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a resnet-det detector checkpoint (no 'config' entry)")
+    ckpt = upgrade_detector_payload(ckpt, path)
     state = ckpt.get("state_dict", ckpt.get("model"))
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: no 'state_dict' or 'model' entry")
     try:
-        cfg = from_dict(DetectionConfig, _legacy_config(ckpt))
+        cfg = from_dict(DetectionConfig, ckpt["config"])
     except ValueError as e:
         raise CheckpointError(f"{path}: its config does not load: {e}") from e
     meta = ckpt.get("dataset")
@@ -297,7 +314,7 @@ def save_converted(model: nn.Module, cfg: DetectionConfig, class_names: Sequence
     atomic_torch_save(payload, output)
 
 
-__all__ = ["ARCH_BOUND_FIELDS", "BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS",
-           "InitReport", "adopt_architecture", "dataset_meta", "detector_payload", "init_from_detector",
-           "count_blocks", "load_converted_state", "load_detector", "read_detector_file", "read_detector_file_meta",
-           "save_converted"]
+__all__ = ["ARCH_BOUND_FIELDS", "BEST_WEIGHTS_NAME", "DETECTOR_FORMAT", "DETECTOR_FORMAT_VERSION", "DETECTOR_UPGRADES",
+           "FINAL_WEIGHTS_NAME", "WEIGHT_BOUND_FIELDS", "InitReport", "adopt_architecture", "count_blocks",
+           "dataset_meta", "detector_payload", "init_from_detector", "load_converted_state", "load_detector",
+           "read_detector_file", "read_detector_file_meta", "save_converted", "upgrade_detector_payload"]

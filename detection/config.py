@@ -179,6 +179,15 @@ class DataConfig:
     # Horizontal flip probability and optional photometric jitter in training.
     flip_prob: float = 0.5
     photometric: bool = False
+    # Large-scale jitter in training (Ghiasi et al. 2021; Detectron2's new baselines, torchvision's references), 0:
+    # off. N: instead of the min_size_train resize, each image is scaled to fit an N x N canvas times a factor drawn
+    # uniformly from lsj_scale, cropped at a random place to at most N x N and padded to it (grey 128).
+    lsj_size: int = 0
+    lsj_scale: tuple[float, float] = (0.1, 2.0)
+    # An albumentations pipeline applied in training after the resize and flip, boxes following the pixels: a list
+    # of {name: <albumentations transform>, <its arguments>}, e.g. [{name: RandomBrightnessContrast, p: 0.2}].
+    # Boxes pushed out of the image or below 1 px are dropped and counted; names and arguments are checked at start.
+    augment: tuple[Any, ...] = ()
     # Train on VOC boxes marked difficult (the paper does not).
     use_difficult: bool = False
     # Drop training images that have no usable box.
@@ -189,6 +198,12 @@ class DataConfig:
     # Data loader worker processes per training process, and aspect-ratio grouped batching.
     num_workers: int = 2
     aspect_grouping: bool = True
+    # Repeat-factor sampling for rare classes (Gupta et al., LVIS 2019; Detectron2's RepeatFactorTrainingSampler),
+    # 0: off. With threshold t an epoch holds each training image r = max over its classes c of max(1, sqrt(t / f_c))
+    # times on average (f_c: the fraction of training images holding c), rounded stochastically per epoch from
+    # (seed, epoch). LVIS uses 0.001; on a small own set, about the image fraction below which a class should be
+    # drawn more often (e.g. 0.1). tools/check_dataset.py --repeat-factor-threshold T shows the factors.
+    repeat_factor_threshold: float = 0.0
 
 
 @dataclass
@@ -212,6 +227,13 @@ class SolverConfig(BaseSolverConfig):
     # With max_epochs: also write a checkpoint every this many epochs and at every evaluation (0: only every
     # checkpoint_period), so a small set whose whole run is shorter than checkpoint_period still gets them.
     checkpoint_epochs: float = 1.0
+    # Exponential moving average of the weights after every optimizer step (0: off; e.g. 0.999), with the decay
+    # ramped up as ema_decay * (1 - exp(-step / ema_ramp_iters)) (timm / ultralytics; 0: no ramp) so the average
+    # is not dominated by the random init early on. Evaluation, model_best.pth and model_final.pth use the averaged
+    # weights; checkpoints hold both. The averaged window is about 1 / (1 - ema_decay) steps: keep it well under
+    # max_iter (ultralytics: 0.9999 with a ramp of 2000 on runs of ~10^5 steps).
+    ema_decay: float = 0.0
+    ema_ramp_iters: int = 2000
 
 
 @dataclass
@@ -225,6 +247,18 @@ class TestConfig:
     metric: Literal["voc07", "voc", "coco"] | None = None
     # Images per batch at evaluation (per process).
     ims_per_batch: int = 4
+    # Also compute the training loss terms on the test set at every evaluation ("val_loss" in metrics.jsonl,
+    # the trackers and the log): no gradients, BatchNorm in eval mode, the RPN / RoI sampling from a fixed seed in
+    # a forked RNG, so no state of the run changes.
+    val_loss: bool = False
+    # What model_best.pth and early stopping follow: "mAP" (the metric's headline number, as always: AP@0.5 with
+    # the VOC metrics and on the synthetic set, AP@[.5:.95] with the COCO metric), "AP50" (AP@0.5 with any
+    # metric), "AP" or "AP50:95" (AP averaged over IoU 0.50:0.95), or "val_loss" (lower is better; computes it).
+    best_metric: Literal["mAP", "AP50", "AP", "AP50:95", "val_loss"] = "mAP"
+    # Early stopping: stop after this many periodic evaluations in a row without a better best_metric (0: off;
+    # needs eval_period or eval_epochs). The stop is logged, recorded in metrics.jsonl and the checkpoint, and a
+    # --resume of the stopped run does nothing.
+    patience: int = 0
 
 
 @dataclass
@@ -237,6 +271,11 @@ class DetectionConfig:
     output_dir: str = "output/det"
     # Seed for model init, sampling and data order.
     seed: int = 0
+    # Experiment trackers (through accelerate) that get every logged number and the resolved config: tensorboard
+    # (output_dir/tensorboard), wandb, mlflow, comet_ml, clearml, aim, dvclive; [] for metrics.jsonl alone. Only
+    # tensorboard is a dependency: the others need their pip package.
+    log_with: tuple[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "aim", "dvclive"], ...] = (
+        "tensorboard",)
 
 
 def load_detection_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DetectionConfig:

@@ -50,8 +50,10 @@ def assign_levels(
     if epsilon_in_log:
         level = torch.floor(canonical_level + torch.log2(sizes / canonical_box_size + epsilon))
     else:
+        # A 0-dim tensor in the sizes' dtype, as torchvision's LevelMapper adds it (torch.full, not torch.tensor:
+        # the same constant, without the tracer's warning when exported).
         level = torch.floor(canonical_level + torch.log2(sizes / canonical_box_size)
-                            + torch.tensor(epsilon, dtype=sizes.dtype))
+                            + torch.full((), epsilon, dtype=sizes.dtype, device=sizes.device))
     return level.clamp(min=min_level, max=max_level).to(torch.int64) - min_level
 
 

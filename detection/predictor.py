@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from resbackbone.errors import ConfigError, DataError, DataNotFoundError
+from resbackbone.errors import DataError, DataNotFoundError
 
-from .data.transforms import decode_image
+# Decoding, the image suffixes, the test size and the JSON form of detections are torch-free (detection.images,
+# detection.results), shared with the onnxruntime predictor; re-exported here where they were first defined.
+from .images import IMAGE_SUFFIXES, decode_image, test_size
+from .results import detections_to_json
 from .tta import TTAOptions, predict_tta
-
-# File name endings tools/infer.py treats as images when given a directory.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def choose_device(cpu: bool = False) -> torch.device:
@@ -48,31 +48,62 @@ def list_images(path: str | Path) -> list[Path]:
     return files
 
 
-def test_size(min_size: int, max_size: int, min_override: int | None, max_override: int | None) -> tuple[int, int]:
-    """The test resize ``(shorter side, long-side cap)``: a model's own with the caller's overrides (None: keep).
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512 BF16 or AMX). Elsewhere oneDNN emulates
+    bf16 autocast, many times slower than float32 (benchmarks/RESULTS.md), so it is never a default there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: torch's own view of the instruction set
+        return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
-    A cap below the shorter side is refused: the resize rule would then ignore ``min_size`` for every image.
+
+def optimize_for_inference(model: nn.Module, *, fuse_bn: bool = True, channels_last: bool = False) -> nn.Module:
+    """A copy of an eval-mode detector made faster for inference; ``model`` itself is left as it is.
+
+    ``fuse_bn``: every (frozen) BatchNorm folded into the convolution before it
+    (:func:`resbackbone.frozen_bn.fold_batchnorm`): one multiply and add per channel fewer, equal up to float
+    rounding. ``channels_last``: the convolution weights in NHWC order, so oneDNN / cuDNN run their NHWC kernels
+    (a convolution's output follows its weight's memory format: the trunk's maps, and C4's res5 on the RoIAlign
+    crops, whose first convolution reorders them once); the values are unchanged. Neither changes what the model
+    computes beyond rounding (tests/detection/test_predictor.py bounds it). ``model`` itself is returned when both
+    are off.
     """
-    new_min = int(min_override) if min_override is not None else int(min_size)
-    new_max = int(max_override) if max_override is not None else int(max_size)
-    if new_min < 1 or new_max < new_min:
-        raise ConfigError(f"test size --min-size {new_min} --max-size {new_max}: need 1 <= min-size <= max-size")
-    return new_min, new_max
+    if not (fuse_bn or channels_last):
+        return model
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    if fuse_bn:
+        from resbackbone.frozen_bn import fold_batchnorm
+
+        fold_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 class Predictor:
     """A detector ready for images: ``predictor([image, ...])`` -> per-image detections in original pixels.
 
+    By default it runs the fast way (measured in benchmarks/RESULTS.md, "CPU inference and ONNX"): a copy of the
+    model with BatchNorm folded into the convolutions and NHWC (channels_last) weights, both equal to the plain
+    model up to float rounding; and, only on CPUs with bf16 instructions, bf16 autocast (an approximation: boxes
+    move by fractions of a pixel; ``bf16=False`` or tools' ``--fp32`` turn it off). ``exact=True`` (tools'
+    ``--exact``; the same as ``fuse_bn=False, channels_last=False, bf16=False``) runs the model exactly as given,
+    for reference runs.
+
     Args:
-        model: a FasterRCNN (moved to ``device`` and put in eval mode).
+        model: a FasterRCNN (moved to ``device`` and put in eval mode; never modified).
         min_size, max_size: the test resize (shorter side, long-side cap), normally the training config's.
         score_thresh: detections scoring below it are dropped from the output (the model's own threshold still
             applies first).
         tta: test-time improvements (None / all off: the plain model).
         device: None chooses automatically (:func:`choose_device`).
-        fuse_bn: run a copy of the model with BatchNorm folded into the convolutions
-            (:func:`resbackbone.fold_batchnorm`; faster, equal up to float rounding); the caller's model is left as
-            it is.
+        fuse_bn: run a copy with BatchNorm folded into the convolutions (:func:`optimize_for_inference`).
+        channels_last: NHWC convolution weights; None: on CPU and CUDA.
+        bf16: bfloat16 autocast; None: on a CPU with bf16 instructions (:func:`cpu_has_bf16`), nowhere else.
+        exact: all three off, whatever they say.
     """
 
     def __init__(
@@ -84,22 +115,39 @@ class Predictor:
         score_thresh: float = 0.0,
         tta: TTAOptions | None = None,
         device: str | torch.device | None = None,
-        fuse_bn: bool = False,
+        fuse_bn: bool = True,
+        channels_last: bool | None = None,
+        bf16: bool | None = None,
+        exact: bool = False,
     ) -> None:
         self.device = torch.device(device) if device is not None else choose_device()
-        self.model = model.to(self.device).eval()
-        if fuse_bn:
-            import copy
-
-            from resbackbone.frozen_bn import fold_batchnorm
-
-            self.model = copy.deepcopy(self.model)
-            fold_batchnorm(self.model)
+        if exact:
+            fuse_bn, channels_last, bf16 = False, False, False
+        self.fuse_bn = bool(fuse_bn)
+        self.channels_last = self.device.type in ("cpu", "cuda") if channels_last is None else bool(channels_last)
+        self.bf16 = (self.device.type == "cpu" and cpu_has_bf16()) if bf16 is None else bool(bf16)
+        if self.bf16 and self.device.type != "cpu":
+            raise ValueError(f"bf16 autocast is a CPU option here, not for {self.device.type}")
+        self.model = optimize_for_inference(model.to(self.device).eval(), fuse_bn=self.fuse_bn,
+                                            channels_last=self.channels_last)
         self.class_names = list(model.class_names)
         self.min_size = int(min_size)
         self.max_size = int(max_size)
         self.score_thresh = float(score_thresh)
         self.tta = tta or TTAOptions()
+
+    @property
+    def dataset_meta(self) -> dict[str, Any]:
+        """The ids of the data the model was trained on (``category_ids``, ``image_ids``; see
+        :func:`detection.checkpoint.dataset_meta`), {} if the file records none."""
+        return dict(getattr(self.model, "dataset_meta", {}))
+
+    @property
+    def settings(self) -> str:
+        """``"float32, BN folded, channels_last"`` (what :meth:`__call__` runs), for logs."""
+        parts = ["bf16 autocast" if self.bf16 else "float32"]
+        parts += ["BN folded"] * self.fuse_bn + ["channels_last"] * self.channels_last
+        return ", ".join(parts)
 
     @classmethod
     def from_checkpoint(
@@ -109,19 +157,23 @@ class Predictor:
         device: str | torch.device | None = None,
         score_thresh: float = 0.0,
         tta: TTAOptions | None = None,
-        fuse_bn: bool = False,
+        fuse_bn: bool = True,
+        channels_last: bool | None = None,
+        bf16: bool | None = None,
+        exact: bool = False,
         min_size: int | None = None,
         max_size: int | None = None,
     ) -> Predictor:
         """Rebuild the detector saved by tools/train_det.py (final weights or a training checkpoint), or converted
-        by tools/convert_weights.py. ``min_size`` / ``max_size``: the test resize; None: the model's own."""
+        by tools/convert_weights.py. ``min_size`` / ``max_size``: the test resize; None: the model's own. The
+        speed options as :class:`Predictor`'s."""
         from .checkpoint import load_detector
 
         dev = torch.device(device) if device is not None else choose_device()
         model, cfg, _ = load_detector(path, dev)
         min_size, max_size = test_size(cfg.data.min_size_test, cfg.data.max_size_test, min_size, max_size)
         return cls(model, min_size=min_size, max_size=max_size, score_thresh=score_thresh, tta=tta, device=dev,
-                   fuse_bn=fuse_bn)
+                   fuse_bn=fuse_bn, channels_last=channels_last, bf16=bf16, exact=exact)
 
     @staticmethod
     def load_image(source: str | Path | np.ndarray) -> np.ndarray:
@@ -139,7 +191,10 @@ class Predictor:
         arrays = [self.load_image(im) for im in images]
         if not arrays:
             return []
-        outputs = predict_tta(self.model, arrays, self.tta, min_size=self.min_size, max_size=self.max_size)
+        # Under bf16 autocast, box decoding, NMS and RoIAlign still run in float32 (box_coder, torchvision's
+        # autocast rules for its ops).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = predict_tta(self.model, arrays, self.tta, min_size=self.min_size, max_size=self.max_size)
         results = []
         for out in outputs:
             keep = out["scores"] >= self.score_thresh
@@ -179,20 +234,12 @@ class Predictor:
             yield p, im, d
 
 
-def detections_to_json(det: dict[str, Tensor], class_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Detections -> ``[{"box": [x1, y1, x2, y2], "score", "label", "class_name"}]`` (plain Python, JSON-ready)."""
-    return [
-        # 4 decimals: well below a pixel, and enough to compare runs of two implementations exactly.
-        {"box": [round(float(v), 4) for v in b], "score": round(float(s), 6), "label": int(c),
-         "class_name": class_names[int(c)]}
-        for b, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist())
-    ]
-
-
 __all__ = [
     "IMAGE_SUFFIXES",
     "Predictor",
     "choose_device",
+    "cpu_has_bf16",
+    "optimize_for_inference",
     "detections_to_json",
     "list_images",
     "test_size",

@@ -27,6 +27,15 @@ from .sampler import sample_balanced
 SENTINEL_CORNER = -1.0e4
 
 
+def _topk_size(limit: int, size: int | Tensor) -> int | Tensor:
+    """``min(limit, size)``: how many of ``size`` items a top-``limit`` takes. While tracing for export ``size``
+    is a 0-dim tensor (a feature map's dynamic size) and so is the result: a Python ``min`` would compare them on
+    the host and freeze the tracing input's answer into the graph (torchvision's ``_topk_min`` does the same)."""
+    if isinstance(size, Tensor):
+        return size.clamp(max=limit)
+    return min(limit, size)
+
+
 class RPNHead(nn.Module):
     """3x3 conv + ReLU (``num_convs`` of them; torchvision's v2 has 2), then sibling 1x1 convs: an objectness logit
     and 4 deltas per anchor. One head serves every pyramid level."""
@@ -166,7 +175,8 @@ class RPN(nn.Module):
     def predict(self, features: Features) -> RPNPrediction:
         """The head on every anchor of every level (levels concatenated in order; see :class:`RPNPrediction`)."""
         levels = select_levels(features, self.in_features, self.num_levels, "the RPN")
-        anchors = self.anchor_generator.grid_anchors([(int(f.shape[-2]), int(f.shape[-1])) for f in levels])
+        # Python ints in eager mode; 0-dim tensors while tracing for export, so the graph keeps the sizes dynamic.
+        anchors = self.anchor_generator.grid_anchors([(f.shape[-2], f.shape[-1]) for f in levels])
         all_logits, all_deltas = [], []
         for x in levels:
             n, _, h, w = x.shape
@@ -231,23 +241,26 @@ class RPN(nn.Module):
         """Top-k anchors per image and level by objectness, decoded and clipped: boxes ``(N, k, 4)`` XYXY input
         pixels, their logits ``(N, k)`` float32 (by descending value within each level), ``(N, k)`` bool: both
         sides >= the minimum, and the level of each column ``(k,)`` int64 (None for one level)."""
-        n, m = logits.shape
+        m = logits.shape[1]
         mode = 0 if self.training else 1
-        sizes_l = [m] if level_sizes is None else [int(s) for s in level_sizes]
-        if sum(sizes_l) != m:
-            raise ValueError(f"level sizes {sizes_l} do not add up to the {m} anchors")
+        limit = self.pre_nms_topk[mode]
+        sizes_l = [m] if level_sizes is None else list(level_sizes)
+        if not torch.jit.is_tracing():  # traced sizes stay tensors (see _topk_size)
+            sizes_l = [int(s) for s in sizes_l]
+            if sum(sizes_l) != m:
+                raise ValueError(f"level sizes {sizes_l} do not add up to the {m} anchors")
         if len(sizes_l) == 1:
-            top_logits, top_idx = logits.float().topk(min(self.pre_nms_topk[mode], m), dim=1)  # (N, k)
+            top_logits, top_idx = logits.float().topk(_topk_size(limit, m), dim=1)  # (N, k)
             level = None
         else:
             tops, idxs, lv, start = [], [], [], 0
             for i, m_l in enumerate(sizes_l):
-                k_l = min(self.pre_nms_topk[mode], m_l)
-                t, j = logits[:, start:start + m_l].float().topk(k_l, dim=1)  # (N, k_l)
+                t, j = logits[:, start:start + m_l].float().topk(_topk_size(limit, m_l), dim=1)  # (N, k_l)
                 tops.append(t)
                 idxs.append(j + start)
-                lv.append(torch.full((k_l,), i, dtype=torch.int64, device=logits.device))
-                start += m_l
+                # (k_l,) from t's shape, not from a number: a dynamic size in a traced graph.
+                lv.append(torch.full_like(t[0], i, dtype=torch.int64))
+                start = start + m_l
             top_logits, top_idx, level = torch.cat(tops, 1), torch.cat(idxs, 1), torch.cat(lv)  # (N, k), (k,)
         top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))  # (N, k, 4)
         boxes = self.box_coder.decode(top_deltas, anchors[top_idx])  # (N, k, 4)

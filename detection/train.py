@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader
 
 from resbackbone.engine.checkpoint import check_finite_state
 from resbackbone.engine.config import config_differences, from_dict, to_dict
+from resbackbone.engine.early_stopping import EarlyStopping
+from resbackbone.engine.ema import WeightEMA
 from resbackbone.engine.progress import LossWindow, Progress, check_finite, format_eta, memory_summary
 from resbackbone.engine.schedule import build_lr_scheduler, optimizer_from_config
 from resbackbone.engine.trainer import TrainerBase, TrainingInterrupted
@@ -31,13 +33,14 @@ from resbackbone.serialization import atomic_torch_save
 
 from .checkpoint import (
     BEST_WEIGHTS_NAME,
+    DETECTOR_FORMAT_VERSION,
+    DETECTOR_UPGRADES,
     FINAL_WEIGHTS_NAME,
     adopt_architecture,
     dataset_meta,
     detector_payload,
     init_from_detector,
     read_detector_file,
-    upgrade_config_dict,
 )
 from .config import DetectionConfig
 from .recipes import RECIPES, schedule_at_fractions
@@ -50,9 +53,16 @@ LOG_PERIOD = 20
 LONG_CPU_RUN_S = 3600.0
 # Steps timed for that estimate, after the first (which pays for allocation and warm-up).
 ESTIMATE_STEPS = 3
+# Training images written after augmentation, boxes drawn, into <output_dir>/<AUGMENTED_DIR>/ at the start.
+AUGMENTED_SAMPLES = 4
+AUGMENTED_DIR = "augmented"
 # Config keys whose change between a checkpoint and its resume is expected (the schedule, the evaluation, where
 # the folder now is, how many loader workers this machine runs).
-RESUME_FREE_KEYS = ("solver.", "test.", "output_dir", "data.num_workers")
+RESUME_FREE_KEYS = ("solver.", "test.", "output_dir", "data.num_workers", "log_with")
+# test.best_metric -> the key of the evaluation's metrics it reads ("mAP": the metric's own headline number).
+BEST_METRIC_KEYS = {"mAP": "mAP", "AP50": "AP50", "AP": "AP", "AP50:95": "AP", "val_loss": "val_loss"}
+# Mixed into the run's seed for the validation loss's RPN / RoI sampling (any constant apart from the training's).
+VAL_LOSS_SEED = 0x5EED
 
 
 def check_config(cfg: DetectionConfig) -> DetectionConfig:
@@ -63,6 +73,14 @@ def check_config(cfg: DetectionConfig) -> DetectionConfig:
             "model.backbone.norm=frozen_bn needs pretrained weights (model.backbone.weights is 'none'): frozen "
             "statistics of a random init are meaningless; use norm=auto or bn when training from scratch"
         )
+    t = cfg.test
+    if t.patience < 0:
+        raise ConfigError(f"test.patience must be >= 0 (0: no early stopping), got {t.patience}")
+    if t.patience > 0 and t.eval_period <= 0 and t.eval_epochs <= 0:
+        raise ConfigError(f"test.patience={t.patience} counts periodic evaluations, and there are none: set "
+                          "test.eval_period (iterations) or test.eval_epochs")
+    if cfg.data.repeat_factor_threshold < 0:
+        raise ConfigError(f"data.repeat_factor_threshold must be >= 0 (0: off), got {cfg.data.repeat_factor_threshold}")
     return cfg
 
 
@@ -145,6 +163,9 @@ class Trainer(TrainerBase):
     """
 
     CHECKPOINT_FORMAT = "resnet-det/train-checkpoint"
+    # Detection checkpoints hold the detector file's config tree: one version and one set of upgrades for both.
+    CHECKPOINT_VERSION = DETECTOR_FORMAT_VERSION
+    CHECKPOINT_UPGRADES = DETECTOR_UPGRADES
 
     def __init__(
         self,
@@ -157,15 +178,22 @@ class Trainer(TrainerBase):
         stop_after: int | None = None,
     ) -> None:
         from .data import build_test_dataset, build_train_dataset, verify_images, warn_shared_images
-        from .faster_rcnn import FROM_CONFIG, build_faster_rcnn, read_backbone_weights, resolve_model_config
+        from .faster_rcnn import (
+            FROM_CONFIG,
+            build_faster_rcnn,
+            compile_hot_modules,
+            read_backbone_weights,
+            resolve_model_config,
+        )
 
         cfg = check_config(cfg)
         super().__init__(cfg, output_dir=cfg.output_dir, seed=cfg.seed, mixed_precision=cfg.solver.mixed_precision,
                          keep_last=cfg.solver.keep_last, cpu=cpu, progress=progress, stop_after=stop_after,
-                         resume=resume, overwrite=overwrite)
+                         resume=resume, overwrite=overwrite, log_with=cfg.log_with)
         with self.released_on_error():
             self.plan = batch_plan(cfg, self.accelerator.num_processes)
             self.dataset = build_train_dataset(cfg.data)
+            self.repeat_factors = self._class_balance(cfg)
             cfg = resolve_epoch_schedule(cfg, len(self.dataset))
             logger.info("batch: %s", self.plan.describe())
             if self.plan.accumulation > 1 and cfg.model.backbone.norm == "bn":
@@ -203,6 +231,14 @@ class Trainer(TrainerBase):
             self.test_set = test_set = build_test_dataset(cfg.data, classes=class_names)
             warn_shared_images(self.dataset, test_set)
             verify_images(self.dataset, self.output_dir)
+            if self.accelerator.is_main_process:
+                # What the model sees: a few training images after resize and augmentation, boxes drawn.
+                from .visualize import write_augmented_samples
+
+                seen = write_augmented_samples(self.dataset, AUGMENTED_SAMPLES, self.output_dir / AUGMENTED_DIR,
+                                               seed=cfg.seed)
+                logger.info("%d augmented training image(s), as the model sees them, in %s", len(seen),
+                            self.output_dir / AUGMENTED_DIR)
             model.dataset_meta = dataset_meta(self.dataset, test_set)
             if detector is not None:
                 logger.info("%s", init_from_detector(model, init_state, init_names, what=detector).summary())
@@ -213,7 +249,18 @@ class Trainer(TrainerBase):
             scheduler = build_lr_scheduler(optimizer, kind=s.schedule, max_iter=s.max_iter, steps=s.steps,
                                            gamma=s.gamma, warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
             self.prepare(model, optimizer, scheduler)
-            self.best: dict[str, Any] = {}
+            # The averaged weights (solver.ema_decay): what is evaluated and saved as model_best / model_final.
+            self.ema = (WeightEMA(self.unwrapped, decay=s.ema_decay, ramp_iters=s.ema_ramp_iters)
+                        if s.ema_decay > 0 else None)
+            if self.ema is not None and model_cfg.compile:
+                # A deep copy of a module compiled in place runs eager: the averaged copy is compiled on its own.
+                compile_hot_modules(self.ema.module)
+            self.stopper = EarlyStopping(cfg.test.best_metric,
+                                         mode="min" if cfg.test.best_metric == "val_loss" else "max",
+                                         patience=cfg.test.patience)
+            # Set when early stopping ended the run: {iteration, reason, metric, best_value, best_iteration,
+            # metrics}; saved in the checkpoint, so a --resume of that run knows it is over.
+            self.early_stop: dict[str, Any] | None = None
             self.data_counts = {"boxes_dropped": 0, "images_skipped": 0}
             self.window = LossWindow(LOG_PERIOD)
             if resume:
@@ -223,7 +270,8 @@ class Trainer(TrainerBase):
     # -------------------------------------------------------------------------------------------- checkpoints
 
     def extra_state(self) -> dict[str, Any]:
-        return {"best": dict(self.best), "loss_window": self.window.state()}
+        return {"best": self.stopper.state(), "loss_window": self.window.state(),
+                "ema": self.ema.state_dict() if self.ema is not None else None, "early_stop": self.early_stop}
 
     def check_resumable(self, ckpt: dict[str, Any], path: Any) -> None:
         """A folder holding a run on other classes (another dataset) is refused in one line: its classifier has
@@ -239,12 +287,22 @@ class Trainer(TrainerBase):
                           "another --output-dir, or --overwrite to replace it")
 
     def load_extra_state(self, ckpt: dict[str, Any]) -> None:
-        saved = from_dict(DetectionConfig, upgrade_config_dict(ckpt["config"]))
+        saved = from_dict(DetectionConfig, ckpt["config"])  # upgraded to today's format by resume()
         differs = config_differences(saved, self.cfg, ignore=RESUME_FREE_KEYS)
         if differs:
             logger.warning("resuming with a config that differs from the checkpoint's in %d field(s): %s",
                            len(differs), "; ".join(differs[:8]) + ("; ..." if len(differs) > 8 else ""))
-        self.best = dict(ckpt.get("best") or {})
+        self._load_best(ckpt.get("best") or {})
+        self.early_stop = ckpt.get("early_stop")
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:
+                logger.warning("solver.ema_decay=%g but the checkpoint holds no averaged weights: the average "
+                               "starts from the resumed weights", self.cfg.solver.ema_decay)
+        elif ckpt.get("ema") is not None:
+            logger.warning("the checkpoint holds averaged weights (EMA) but solver.ema_decay is 0 now: evaluation "
+                           "and the saved models use the raw weights")
         self.window.load(ckpt.get("loss_window") or [])
         # The lr of this invocation applies: a run resumed with another solver.base_lr (e.g. after a divergence)
         # must not continue at the checkpoint's. Unchanged, this recomputes exactly the lr the scheduler had.
@@ -258,6 +316,20 @@ class Trainer(TrainerBase):
 
     # --------------------------------------------------------------------------------------------------- loop
 
+    def _class_balance(self, cfg: DetectionConfig) -> list[float] | None:
+        """Log how often each class occurs in the training set (rarest first) and, with
+        ``data.repeat_factor_threshold``, the repeat factors; returns those factors (None: off)."""
+        from .data.check import class_frequency_summary, repeat_factor_report, repeat_factor_summary
+
+        classes, names = self.dataset.image_classes(), self.dataset.class_names
+        logger.info("training set %s: %s", self.dataset.name, class_frequency_summary(classes, names))
+        threshold = cfg.data.repeat_factor_threshold
+        if threshold <= 0:
+            return None
+        report = repeat_factor_report(classes, names, threshold)
+        logger.info("data.repeat_factor_threshold: %s", repeat_factor_summary(report))
+        return self.dataset.repeat_factors(threshold)
+
     def _loader(self) -> DataLoader:
         from .data import build_train_loader
 
@@ -266,7 +338,7 @@ class Trainer(TrainerBase):
             self.dataset, batch_size=self.plan.per_process, seed=cfg.seed, num_workers=cfg.data.num_workers,
             num_replicas=acc.num_processes, rank=acc.process_index, aspect_grouping=cfg.data.aspect_grouping,
             start_iter=self.start_iter, seeded=True,
-            pin_memory=acc.device.type == "cuda",
+            pin_memory=acc.device.type == "cuda", repeat_factors=self.repeat_factors,
         )
 
     def _to_device(self, images: list[Tensor], targets: list[dict[str, Any]]) -> tuple[list[Tensor], list[dict]]:
@@ -281,6 +353,8 @@ class Trainer(TrainerBase):
         SIGINT / SIGTERM stop the run at the next step boundary with a checkpoint of that step, then raise
         :class:`~resbackbone.engine.trainer.TrainingInterrupted` (``--resume`` continues exactly from it)."""
         cfg, acc, s = self.cfg, self.accelerator, self.cfg.solver
+        if self.early_stop is not None:
+            return self._already_stopped()
         if self.start_iter >= s.max_iter:
             logger.info("checkpoint is already at max_iter=%d: nothing to train", s.max_iter)
         batches = iter(self._loader()) if self.start_iter < s.max_iter else iter(())
@@ -310,11 +384,13 @@ class Trainer(TrainerBase):
                         self._log(last_iter, stats, bar.mean_step())
                     evaluated = (cfg.test.eval_period > 0 and last_iter % cfg.test.eval_period == 0
                                  and last_iter < s.max_iter)
-                    if evaluated:
-                        self._periodic_eval(last_iter)
-                    saved = self._checkpoint_due(last_iter, evaluated)
+                    # Early stopping ends the run at this evaluation, with a checkpoint that records it.
+                    stopping = evaluated and self._periodic_eval(last_iter)
+                    saved = self._checkpoint_due(last_iter, evaluated) or stopping
                     if saved:
                         self.save_checkpoint(last_iter)
+                    if stopping:
+                        break
                     signum = self.stop_requested()
                     if signum is not None and last_iter < s.max_iter:
                         if last_iter % LOG_PERIOD:  # the step it stopped at is in the log, as a resume starts there
@@ -334,11 +410,18 @@ class Trainer(TrainerBase):
         train_seconds = time.perf_counter() - start_time
         counts = self.data_counts
         if counts["boxes_dropped"] or counts["images_skipped"]:
-            logger.info("data: %d ground-truth box(es) dropped as degenerate after resize / clipping, %d unreadable "
-                        "image(s) replaced (data.skip_bad) in this process's batches", counts["boxes_dropped"],
+            logger.info("data: %d ground-truth box(es) dropped (degenerate after resize / clipping, or pushed out "
+                        "by augmentation), %d unreadable image(s) replaced (data.skip_bad) in this process's batches",
+                        counts["boxes_dropped"],
                         counts["images_skipped"])
         result: dict[str, Any] = {"iteration": last_iter, "train_seconds": train_seconds}
-        if last_iter >= s.max_iter:
+        if self.early_stop is not None:
+            # The evaluation that stopped the run is at this very iteration: its numbers are the final ones.
+            self._save_weights(FINAL_WEIGHTS_NAME)
+            result.update(self.early_stop["metrics"], early_stop=dict(self.early_stop))
+            if acc.is_main_process:
+                self._write_stop(last_iter)
+        elif last_iter >= s.max_iter:
             finished_before = self.start_iter >= s.max_iter
             if not finished_before or not (self.output_dir / FINAL_WEIGHTS_NAME).exists():
                 self._save_weights(FINAL_WEIGHTS_NAME)
@@ -347,6 +430,10 @@ class Trainer(TrainerBase):
             # A run resumed after its end evaluates again but does not log the same step twice.
             if acc.is_main_process and metrics and not finished_before:
                 self._write_eval(last_iter, metrics)
+                # The final evaluation competes for model_best.pth too (with periodic evaluation), so that file is
+                # the best model of the run even when the last one is.
+                if cfg.test.eval_period > 0:
+                    self._track_best(last_iter, metrics)
         self.metrics.write_table(plot=True)
         self.close()
         return result
@@ -406,12 +493,39 @@ class Trainer(TrainerBase):
 
     def _write_eval(self, iteration: int, metrics: dict[str, Any]) -> None:
         """The evaluation's numbers and per-class AP (``test/AP/<class>``, null without ground truth) as one
-        record; the curves figure is redrawn."""
+        record (the trackers get its numbers) and one log line; the curves figure is redrawn."""
         record: dict[str, Any] = {"epoch": round(self.epoch(iteration), 4)}
         record.update({f"test/{k}": v for k, v in metrics.items() if _is_number(v)})
         record.update({f"test/AP/{name}": ap for name, ap in (metrics.get("per_class") or {}).items()})
         self.metrics.write(iteration, record)
         self.metrics.write_table(plot=True)
+        scores = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("mAP", "AP", "AP50") if _is_number(metrics.get(k)))
+        if "val_loss" in metrics:
+            terms = " ".join(f"{k[9:]} {v:.3f}" for k, v in metrics.items() if k.startswith("val_loss_"))
+            scores += f"  val_loss {metrics['val_loss']:.3f} ({terms})"
+        logger.info("evaluation at iteration %d%s: %s", iteration, " (EMA weights)" if self.ema is not None else "",
+                    scores)
+
+    def _write_stop(self, iteration: int) -> None:
+        """The early stop as a ``metrics.jsonl`` record: why, and which evaluation was the best."""
+        stop = self.early_stop or {}
+        self.metrics.write(iteration, {"epoch": round(self.epoch(iteration), 4), "early_stop/reason": stop["reason"],
+                                       "early_stop/metric": stop["metric"],
+                                       "early_stop/best_value": stop["best_value"],
+                                       "early_stop/best_iteration": stop["best_iteration"]})
+
+    def _already_stopped(self) -> dict[str, Any]:
+        """``--resume`` of a run that early stopping ended: says so and trains nothing (its final weights are
+        written if the stopped run died before writing them)."""
+        stop = self.early_stop or {}
+        logger.info("this run already stopped early at iteration %d (%s): nothing to train; its best model is %s. "
+                    "To train on, start a new run from its weights in another --output-dir (--init-from %s)",
+                    stop["iteration"], stop["reason"], self.output_dir / BEST_WEIGHTS_NAME,
+                    self.output_dir / FINAL_WEIGHTS_NAME)
+        if not (self.output_dir / FINAL_WEIGHTS_NAME).exists():
+            self._save_weights(FINAL_WEIGHTS_NAME)
+        self.close()
+        return {"iteration": self.start_iter, **stop["metrics"], "early_stop": dict(stop)}
 
     def _step(self, batches: Iterator[Any], it: int) -> dict[str, float]:
         """One optimizer step on this process's slice of global batch ``it``, in ``plan.accumulation`` passes.
@@ -445,6 +559,8 @@ class Trainer(TrainerBase):
         if s.clip_grad_norm > 0:
             acc.clip_grad_norm_(self.model.parameters(), s.clip_grad_norm)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.unwrapped, it + 1)
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -454,30 +570,77 @@ class Trainer(TrainerBase):
         totals.update(self.data_counts)  # running totals of this process since the start (or resume)
         return totals
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is evaluated and saved as a model file: the averaged weights with EMA, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.unwrapped
+
     def _evaluate(self) -> dict[str, Any]:
-        model = self.unwrapped
-        metrics = evaluate(model, self.cfg, accelerator=self.accelerator, progress=self.progress,
+        """Score :attr:`eval_model` on the test set; with ``test.val_loss`` (or ``best_metric=val_loss``) add the
+        validation loss terms ({} on processes other than the main one)."""
+        cfg = self.cfg
+        metrics = evaluate(self.eval_model, cfg, accelerator=self.accelerator, progress=self.progress,
                            dataset=self.test_set)
-        model.train()
+        if cfg.test.val_loss or cfg.test.best_metric == "val_loss":
+            from .evaluation import validation_loss
+
+            losses = validation_loss(self.eval_model, self.test_set, seed=cfg.seed * 1_000_003 + VAL_LOSS_SEED,
+                                     batch_size=cfg.test.ims_per_batch, num_workers=cfg.data.num_workers,
+                                     use_difficult=cfg.data.use_difficult, accelerator=self.accelerator)
+            if metrics:
+                metrics.update(losses)
+        self.unwrapped.train()
         return metrics
 
-    def _periodic_eval(self, iteration: int) -> None:
+    def _periodic_eval(self, iteration: int) -> bool:
+        """Evaluate, record, keep the best model; True when early stopping ends the run here (then
+        :attr:`early_stop` says why, on every process)."""
+        acc = self.accelerator
         metrics = self._evaluate()
-        if not self.accelerator.is_main_process or not metrics:
-            return
-        self._write_eval(iteration, metrics)
-        score = float(metrics.get("mAP", float("nan")))
-        if math.isfinite(score) and score > float(self.best.get("mAP", -1.0)):
-            self.best = {"mAP": score, "iteration": iteration}
-            payload = detector_payload(self.unwrapped, self.cfg, self.class_names)
+        stop: dict[str, Any] | None = None
+        if acc.is_main_process and metrics:
+            self._write_eval(iteration, metrics)
+            self._track_best(iteration, metrics)
+            if self.stopper.should_stop:
+                st = self.stopper
+                stop = {"iteration": iteration, "reason": st.reason(), "metric": st.metric, "best_value": st.best,
+                        "best_iteration": st.best_iteration,
+                        "metrics": {k: v for k, v in metrics.items() if _is_number(v)}}
+        if acc.num_processes > 1:  # only the main process scores: the others follow its decision
+            from accelerate.utils import broadcast_object_list
+
+            stop = broadcast_object_list([stop])[0]
+        if stop is None:
+            return False
+        self.early_stop = stop
+        logger.info("early stopping at iteration %d: %s", iteration, stop["reason"])
+        return True
+
+    def _track_best(self, iteration: int, metrics: dict[str, Any]) -> None:
+        """Feed ``test.best_metric`` of this evaluation to the early stopper; a new best writes
+        ``model_best.pth`` (main process)."""
+        name = self.cfg.test.best_metric
+        value = metrics.get(BEST_METRIC_KEYS[name])
+        value = float(value) if _is_number(value) else float("nan")
+        if self.stopper.update(value, iteration):
+            payload = detector_payload(self.eval_model, self.cfg, self.class_names)
             check_finite_state(payload, BEST_WEIGHTS_NAME)
             atomic_torch_save(payload, self.output_dir / BEST_WEIGHTS_NAME)
-            logger.info("new best mAP %.4f at iteration %d", score, iteration)
+            logger.info("new best %s %.4f at iteration %d", name, value, iteration)
+
+    def _load_best(self, state: dict[str, Any]) -> None:
+        """Restore the early stopper from a checkpoint's ``best`` entry (older checkpoints: ``{"mAP",
+        "iteration"}``); one that followed another ``test.best_metric`` is not carried over."""
+        if "metric" not in state and "mAP" in state:
+            state = {"metric": "mAP", "mode": "max", "value": state["mAP"], "iteration": state.get("iteration")}
+        if state and not self.stopper.load(state):
+            logger.info("test.best_metric is %s now (the checkpoint followed %s): the best model is chosen anew from "
+                        "the next evaluation", self.stopper.metric, state.get("metric"))
 
     def _save_weights(self, name: str) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            payload = detector_payload(self.unwrapped, self.cfg, self.class_names)
+            payload = detector_payload(self.eval_model, self.cfg, self.class_names)
             check_finite_state(payload, name)
             atomic_torch_save(payload, self.output_dir / name)
         self.accelerator.wait_for_everyone()

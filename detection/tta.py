@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -36,7 +35,7 @@ from torchvision.ops import box_iou
 from resbackbone.errors import ConfigError
 
 from .boxes import cat_per_image, clip_boxes
-from .data.transforms import resize_scale
+from .data.transforms import resize_image
 from .roi_heads import MIN_DETECTION_SIZE, select_detections
 
 # The paper's multi-scale pyramid (shorter sides, pixels).
@@ -90,11 +89,7 @@ def resize_for_test(image: np.ndarray, min_size: int, max_size: int) -> Tensor:
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
-    h, w = image.shape[:2]
-    scale = resize_scale(h, w, min_size, max_size)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    image = resize_image(image, min_size, max_size)
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 

@@ -135,3 +135,33 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_augmented_samples(dataset: Any, count: int, out_dir: str | Path, *, seed: int = 0) -> list[Path]:
+    """What the model sees: ``count`` training items after resize and augmentation, their boxes and class names
+    drawn, as ``augmented_<k>_<image id>.jpg`` in ``out_dir`` (Detectron2's visualize_data, ultralytics'
+    train-batch images).
+
+    ``dataset``: a training :class:`~detection.data.DetectionDataset` (its transform augments); the images are
+    spread evenly over the set and each is augmented with a seed drawn from ``seed`` as training draws them.
+    Returns the written paths.
+    """
+    import cv2
+
+    from resbackbone.engine.sampling import sample_seed
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = min(int(count), len(dataset))
+    paths = []
+    for k in range(n):
+        index = k * len(dataset) // n
+        image, target = dataset.get_item_seeded(index, sample_seed(seed, 0, k))
+        drawn = draw_detections(image.permute(1, 2, 0).numpy(), target["boxes"], target["labels"], None,
+                                dataset.class_names, thickness=1)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(target["image_id"]))
+        path = out / f"augmented_{k:02d}_{safe}.jpg"
+        if not cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")
+        paths.append(path)
+    return paths

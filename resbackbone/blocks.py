@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -48,13 +49,16 @@ class Conv2d(nn.Conv2d):
     product over the input window it reads.
 
     The C4 head runs res5 on pooled RoIs: at a 2x2 pooler resolution its maps are 1 x 1, where oneDNN's CPU
-    convolution is far slower than the equivalent GEMM (ResNet-18 res5 on 256 RoIs, forward + backward, 2 cores:
-    38.8 ms this way vs 659.7 ms; benchmarks/RESULTS.md). ``(N, C, H, W) -> (N, O, 1, 1)`` on that path; every
+    convolution is far slower than the equivalent GEMM (an order of magnitude for ResNet-18's res5 on 256 RoIs;
+    benchmarks/RESULTS.md has the figures). ``(N, C, H, W) -> (N, O, 1, 1)`` on that path; every
     other shape is the ordinary convolution.
     """
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if input.dim() == 4 and self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple):
+        # Not while tracing for export: the test on the input's size would freeze into the graph (a traced graph
+        # serves every size; the ordinary convolution computes the same).
+        if (input.dim() == 4 and self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+                and not torch.jit.is_tracing()):
             rows = _taps(input.shape[2], self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
             cols = _taps(input.shape[3], self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
             if rows is not None and cols is not None:

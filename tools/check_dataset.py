@@ -6,13 +6,20 @@
     python tools/check_dataset.py yolo:data.yaml:val --json > report.json
     python tools/check_dataset.py voc07-test --data-root /data     # the named sets too
     python tools/check_dataset.py my_folder --split val --draw 8 --output gt_drawn/   # look at the boxes
+    python tools/check_dataset.py coco:train.json:images/ --repeat-factor-threshold 0.1  # rare-class factors
+    python tools/check_dataset.py coco:train.json:images/ --show-augmented 16 --output seen/ data.lsj_size=512
 
-Prints a table (images / boxes / crowd / difficult per class, images without boxes) and the errors (unreadable,
+Prints a table (images, their share of the set, boxes, crowd, difficult per class; images without boxes) and,
+with ``--repeat-factor-threshold T``, the repeat factors training would use with ``data.repeat_factor_threshold=T``
+(min / mean / max, the classes with the largest), then the errors (unreadable,
 missing or undecodable images, sizes that disagree with the annotation, EXIF-rotated photos among them,
 duplicate ids, unknown classes, malformed boxes) and warnings (tiny, zero-area or out-of-image boxes). Exit code
 1 when there are errors, 2 when the description itself is wrong. Training runs the annotation checks itself and
 stops on errors (or skips and counts them with data.skip_bad=true); this tool also decodes every image.
-``--draw N --output DIR`` writes N images spread over the set with their ground-truth boxes and class names.
+``--draw N --output DIR`` writes N images spread over the set with their ground-truth boxes and class names;
+``--show-augmented N --output DIR`` writes N training images as the model sees them: resized and augmented by the
+training transform of ``--config`` (default: the config training would pick for this dataset) with ``key=value``
+overrides (``data.lsj_size=1024``, ``data.augment=[...]``), boxes and class names drawn.
 """
 
 from __future__ import annotations
@@ -47,10 +54,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     p.add_argument("--draw", type=int, default=0, metavar="N",
                    help="draw N images (spread over the set) with their ground-truth boxes and class names")
-    p.add_argument("--output", type=Path, help="folder for the --draw images")
-    args = p.parse_args(argv)
+    p.add_argument("--output", type=Path, help="folder for the --draw / --show-augmented images")
+    p.add_argument("--show-augmented", type=int, default=0, metavar="N",
+                   help="write N training images after resize and augmentation, boxes drawn, into --output")
+    p.add_argument("--config", help="config whose data section augments for --show-augmented (default: the one "
+                                     "training picks for this dataset)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for --show-augmented")
+    p.add_argument("--repeat-factor-threshold", type=float, default=0.0, metavar="T",
+                   help="also show the repeat factors of repeat-factor sampling at threshold T (training's "
+                        "data.repeat_factor_threshold): per image max over its classes of max(1, sqrt(T / f_c))")
+    args = p.parse_intermixed_args(argv)
     if args.draw < 0 or (args.draw and args.output is None):
         p.error("--draw N needs N >= 0 and --output DIR")
+    if args.show_augmented < 0 or (args.show_augmented and args.output is None):
+        p.error("--show-augmented N needs N >= 0 and --output DIR")
+    if args.repeat_factor_threshold < 0:
+        p.error(f"--repeat-factor-threshold must be >= 0, got {args.repeat_factor_threshold:g}")
     return args
 
 
@@ -94,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     from detection.data import build_dataset
     from detection.data.catalog import read_class_list
-    from detection.data.check import check_dataset
+    from detection.data.check import check_dataset, repeat_factor_report, repeat_factor_summary
     from detection.data.custom import collecting
     from resbackbone.errors import InputError
 
@@ -106,11 +125,40 @@ def main(argv: list[str] | None = None) -> int:
         report = check_dataset(dataset, problems, decode=not args.no_decode, min_box_size=args.min_box_size)
     except InputError as e:
         return report_input_error(PROG, e)
-    print(json.dumps(report.as_dict(), indent=1) if args.json else report.format())
+    out = report.as_dict()
+    if args.repeat_factor_threshold > 0:
+        # As training computes them: over the images with a training box (data.filter_empty drops the others).
+        classes = [c for c in dataset.image_classes() if c]
+        factors = repeat_factor_report(classes, dataset.class_names, args.repeat_factor_threshold)
+        out["repeat_factors"] = factors
+    print(json.dumps(out, indent=1) if args.json else report.format())
+    if args.repeat_factor_threshold > 0 and not args.json:
+        print(repeat_factor_summary(factors))
     if args.draw:
         written = draw_samples(dataset, args.draw, args.output)
         print(f"{len(written)} image(s) with their ground truth drawn in {args.output}", file=sys.stderr)
+    if args.show_augmented:
+        try:
+            written = show_augmented(args, classes)
+        except InputError as e:
+            return report_input_error(PROG, e)
+        print(f"{len(written)} augmented training image(s) with their boxes drawn in {args.output}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def show_augmented(args: argparse.Namespace, classes: Any) -> list[Path]:
+    """``--show-augmented``: the training transform of the config (and overrides) on ``args.show_augmented``
+    training images, written with their boxes."""
+    from detection.config import load_detection_config
+    from detection.data import DetectionTransform, build_dataset
+    from detection.recipes import config_dir, default_config_name
+    from detection.visualize import write_augmented_samples
+
+    cfg = load_detection_config(args.config or config_dir() / default_config_name(args.dataset), args.overrides)
+    train = build_dataset(args.dataset, args.data_root, train=True, classes=classes or cfg.data.classes or None,
+                          transform=DetectionTransform.from_config(cfg.data, train=True), side=args.split,
+                          skip_bad=True)
+    return write_augmented_samples(train, args.show_augmented, args.output, seed=cfg.seed)
 
 
 if __name__ == "__main__":

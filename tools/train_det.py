@@ -10,6 +10,8 @@
     python tools/train_det.py --dataset coco:train.json:images/ --test-dataset coco:val.json:images/ \
         --init-from r50_fpn_coco.pth                               # your own data (configs/det/finetune_fpn.yaml)
     python tools/train_det.py --dataset voc:my_set --recipe cpu --epochs 12 --imgsz 320 --batch 4   # on a CPU
+    python tools/train_det.py --dataset voc:my_set --recipe cpu --log-with tensorboard,wandb test.val_loss=true \
+        test.patience=3 solver.ema_decay=0.999 data.repeat_factor_threshold=0.1    # docs/fine-tuning.md
 
 Ctrl-C (or SIGTERM) stops at the end of the current step with a checkpoint; ``--resume`` continues from it.
 
@@ -72,9 +74,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="model file for --eval-only")
     p.add_argument("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--log-with", type=_tracker_list, metavar="TRACKER[,TRACKER]",
+                   help="experiment trackers for the logged numbers and the config (log_with): tensorboard (the "
+                        "default), wandb, mlflow, comet_ml, clearml, aim, dvclive (their pip package installed), "
+                        "or none")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     # Intermixed: key=value overrides may stand before, between or after the flags.
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    if args.log_with is not None:  # the config field log_with, set after the other overrides
+        args.overrides = [*args.overrides, f"log_with=[{','.join(args.log_with)}]"]
+    return args
+
+
+def _tracker_list(text: str) -> list[str]:
+    """``--log-with wandb,tensorboard`` -> the names, checked (``none``: no tracker)."""
+    from resbackbone.engine.trackers import TRACKER_PACKAGES
+
+    names = [t.strip() for t in text.split(",") if t.strip() and t.strip() != "none"]
+    unknown = [t for t in names if t not in TRACKER_PACKAGES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown tracker(s) {', '.join(unknown)}; expected some of "
+                                         f"{', '.join(TRACKER_PACKAGES)} or none")
+    return names
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:

@@ -83,10 +83,7 @@ class DetectionDataset(Dataset):
         default_metric: Metric,
         name: str,
         train: bool,
-        min_size: int | Sequence[int] = 600,
-        max_size: int = 1000,
-        flip_prob: float = 0.5,
-        photometric: bool = False,
+        transform: DetectionTransform | None = None,
         use_difficult: bool = False,
         filter_empty: bool | None = None,
         skip_bad: bool = False,
@@ -113,10 +110,9 @@ class DetectionDataset(Dataset):
                 logger.info("%s: %d of %d images have no usable box and are not used", name, before - len(records),
                             before)
         self.records = records
-        self.transform = DetectionTransform(
-            min_size=min_size, max_size=max_size, train=train, flip_prob=flip_prob if train else 0.0,
-            photometric=photometric and train,
-        )
+        # The resize and augmentation of every item (DetectionTransform.from_config builds it from a DataConfig);
+        # default: the paper's 600 / 1000 resize, flipped half the time in training.
+        self.transform = transform or DetectionTransform(min_size=600, max_size=1000, train=train)
 
     def _train_mask(self, r: Record) -> np.ndarray:
         """(N,) the boxes given as targets: never crowd regions; difficult ones only in evaluation or with
@@ -139,6 +135,18 @@ class DetectionDataset(Dataset):
         """Width / height of every image, from the annotations (no decoding); 1 for an image of unknown size
         (grouping is an optimization: a wrong group costs padding, not correctness)."""
         return [r.width / r.height if r.width > 0 and r.height > 0 else 1.0 for r in self.records]
+
+    def image_classes(self) -> list[set[int]]:
+        """Per image, the classes of its training targets (crowd never; difficult only with ``use_difficult`` in
+        a training set), from the annotations (no decoding)."""
+        return [{int(c) for c in r.labels[self._train_mask(r)]} for r in self.records]
+
+    def repeat_factors(self, threshold: float) -> list[float]:
+        """Per image, its repeat factor for repeat-factor sampling at ``threshold`` (LVIS; see
+        :func:`resbackbone.engine.sampling.repeat_factors`), over this set's images as training sees them."""
+        from resbackbone.engine.sampling import repeat_factors
+
+        return repeat_factors(self.image_classes(), threshold)
 
     def get_ground_truth(self, index: int) -> dict[str, Any]:
         """All ground truth of an image (difficult included) in ORIGINAL pixels, for evaluation."""

@@ -35,6 +35,7 @@ from .custom import (
     voc_folder_ids,
 )
 from .synthetic import GENERATOR_VERSION, MARKER, SUPERSEDED_DEFAULTS, SYNTHETIC_CLASSES, generate_synthetic
+from .transforms import DetectionTransform
 from .voc import VOC_CLASSES, load_voc_records
 
 # name -> [(VOC year, split)]
@@ -287,10 +288,7 @@ def build_dataset(
     root: str | Path | None = None,
     *,
     train: bool,
-    min_size: int | Sequence[int] = 600,
-    max_size: int = 1000,
-    flip_prob: float = 0.5,
-    photometric: bool = False,
+    transform: DetectionTransform | None = None,
     use_difficult: bool = False,
     filter_empty: bool | None = None,
     skip_bad: bool = False,
@@ -300,6 +298,8 @@ def build_dataset(
 ) -> DetectionDataset:
     """A dataset from a description (see :func:`parse_dataset_spec` and datasets/README.md); a list concatenates.
 
+    ``transform``: the resize / augmentation of each item (default: the paper's 600 / 1000 resize, flipped in
+    training); ``DetectionTransform.from_config(data_cfg, train=...)`` builds a config's.
     ``classes``: the class list (its order is the label order): required to match a model when evaluating
     one; VOC-style folders take it as theirs (none: collected from their XML, sorted), other sources must have
     exactly these names. Concatenated sources are merged by class name. ``problems``: where loading problems
@@ -325,8 +325,8 @@ def build_dataset(
             logger.warning("skipping: %s", message)
         logger.warning("%d bad annotation(s) / image(s) skipped (data.skip_bad)", len(problems.items))
     kwargs: dict[str, Any] = dict(
-        name=describe_spec(spec), train=train, min_size=min_size, max_size=max_size, flip_prob=flip_prob,
-        photometric=photometric, use_difficult=use_difficult, filter_empty=filter_empty, skip_bad=skip_bad,
+        name=describe_spec(spec), train=train, transform=transform, use_difficult=use_difficult,
+        filter_empty=filter_empty, skip_bad=skip_bad,
     )
     names = list(classes) if classes else _merged_classes(parts)
     for part, source in zip(parts, sources):
@@ -506,10 +506,7 @@ def build_train_dataset(cfg: DataConfig) -> DetectionDataset:
         cfg.train,
         cfg.root,
         train=True,
-        min_size=cfg.min_size_train,
-        max_size=cfg.max_size_train,
-        flip_prob=cfg.flip_prob,
-        photometric=cfg.photometric,
+        transform=DetectionTransform.from_config(cfg, train=True),
         use_difficult=cfg.use_difficult,
         filter_empty=cfg.filter_empty,
         skip_bad=cfg.skip_bad,
@@ -525,5 +522,5 @@ def build_test_dataset(cfg: DataConfig, spec: Any = None, classes: Sequence[str]
                        ) -> DetectionDataset:
     """The evaluation set ``spec`` (default ``cfg.test``) at the test size of ``cfg``; ``classes``: the model's
     class list (VOC-style folders take it; other sets must have these classes)."""
-    return build_dataset(spec or cfg.test, cfg.root, train=False, min_size=cfg.min_size_test,
-                         max_size=cfg.max_size_test, skip_bad=cfg.skip_bad, classes=classes or cfg.classes or None)
+    return build_dataset(spec or cfg.test, cfg.root, train=False, transform=DetectionTransform.from_config(
+        cfg, train=False), skip_bad=cfg.skip_bad, classes=classes or cfg.classes or None)

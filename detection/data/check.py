@@ -17,8 +17,10 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from resbackbone.engine.sampling import class_image_frequencies, repeat_factors
 from resbackbone.errors import DataError
 
 from .base import DetectionDataset, Record, check_size
@@ -67,15 +70,19 @@ class DatasetReport:
             "error_messages": [m for _, m in self.errors], "warning_messages": [m for _, m in self.warnings],
         }
 
+    def image_fraction(self, name: str) -> float:
+        """The fraction of the set's images holding class ``name`` (what repeat-factor sampling looks at)."""
+        return self.images_per_class[name] / max(self.num_images, 1)
+
     def format(self, max_messages: int = 10) -> str:
         """The table for stdout: classes, then each kind of error / warning with its first messages."""
         w = max([len("class"), *(len(c) for c in self.class_names)])
         lines = [f"{self.name}: {self.num_images} images, {len(self.class_names)} classes, "
                  f"{sum(self.instances.values())} boxes, {self.images_without_boxes} images without boxes",
-                 f"{'class':<{w}}  {'images':>7}  {'boxes':>7}  {'crowd':>6}  {'difficult':>9}"]
+                 f"{'class':<{w}}  {'images':>7}  {'(%)':>6}  {'boxes':>7}  {'crowd':>6}  {'difficult':>9}"]
         for c in self.class_names:
-            lines.append(f"{c:<{w}}  {self.images_per_class[c]:>7}  {self.instances[c]:>7}  {self.crowd[c]:>6}  "
-                         f"{self.difficult[c]:>9}")
+            lines.append(f"{c:<{w}}  {self.images_per_class[c]:>7}  {100 * self.image_fraction(c):>6.1f}  "
+                         f"{self.instances[c]:>7}  {self.crowd[c]:>6}  {self.difficult[c]:>9}")
         for title, items in (("errors", self.errors), ("warnings", self.warnings)):
             counts = Counter(k for k, _ in items)
             detail = ", ".join(f"{n} {k}" for k, n in counts.most_common())
@@ -146,6 +153,43 @@ def check_dataset(
                     else "unreadable_image")
             report.errors.append((kind, text))
     return report
+
+
+# ------------------------------------------------------------------------------------------- class balance
+
+# Classes named in the one-line summaries (the rarest / most repeated first); the others are counted.
+SUMMARY_CLASSES = 8
+
+
+def class_frequency_summary(image_classes: list[set[int]], class_names: Sequence[str]) -> str:
+    """One line: the images and, rarest first, the fraction of them holding each class (``image_classes``: per
+    image the classes of its training boxes, ``DetectionDataset.image_classes()``)."""
+    freq = class_image_frequencies(image_classes)
+    ranked = sorted((freq.get(c, 0.0), name) for c, name in enumerate(class_names))
+    shown = ", ".join(f"{name} {100 * f:.1f}%" for f, name in ranked[:SUMMARY_CLASSES])
+    more = f", ... ({len(ranked) - SUMMARY_CLASSES} more)" if len(ranked) > SUMMARY_CLASSES else ""
+    return f"{len(image_classes)} images; images holding each class, rarest first: {shown}{more}"
+
+
+def repeat_factor_report(image_classes: list[set[int]], class_names: Sequence[str], threshold: float
+                         ) -> dict[str, Any]:
+    """Repeat-factor sampling at ``threshold`` on these images (as training computes it, from the boxes it trains
+    on: difficult ones left out): the factors' min / mean / max, the images an epoch then draws on average, and
+    the classes with the largest factors ``max(1, sqrt(threshold / f_c))``."""
+    factors = repeat_factors(image_classes, threshold)
+    freq = class_image_frequencies(image_classes)
+    per_class = sorted((-max(1.0, math.sqrt(threshold / f)), class_names[c]) for c, f in freq.items())
+    return {"threshold": threshold, "min": min(factors, default=1.0), "mean": sum(factors) / max(len(factors), 1),
+            "max": max(factors, default=1.0), "images": len(factors), "images_per_epoch": sum(factors),
+            "largest": {name: -r for r, name in per_class[:SUMMARY_CLASSES] if -r > 1.0}}
+
+
+def repeat_factor_summary(report: dict[str, Any]) -> str:
+    """:func:`repeat_factor_report` as one line."""
+    largest = ", ".join(f"{name} {r:.2f}" for name, r in report["largest"].items()) or "none above 1"
+    return (f"repeat factors at threshold {report['threshold']:g}: min {report['min']:.2f}, mean "
+            f"{report['mean']:.2f}, max {report['max']:.2f}: an epoch draws {report['images_per_epoch']:.0f} images "
+            f"instead of {report['images']} on average; largest: {largest}")
 
 
 # ------------------------------------------------------------------------------------- before the first step

@@ -1,5 +1,5 @@
-"""Evaluation: devkit-exact VOC AP, pycocotools COCO AP, the shared inference loop, and the per-dataset report
-(per-class precision / recall / AP at a score threshold, confusion matrix, PR curves)."""
+"""Evaluation: devkit-exact VOC AP, pycocotools COCO AP, the shared inference loop, the per-dataset report
+(per-class precision / recall / AP at a score threshold, confusion matrix, PR curves), and the validation loss."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .report import (
     report_from_evaluator,
     write_report,
 )
+from .validation_loss import validation_loss
 from .voc import (
     VOCEvaluator,
     evaluate_detections,
@@ -87,6 +88,7 @@ __all__ = [
     "report_from_evaluator",
     "run_inference",
     "score_predictions",
+    "validation_loss",
     "voc_ap",
     "write_devkit_results",
     "write_report",

@@ -21,8 +21,10 @@ class ModelOutputError(InputError, ValueError):
     """The detector's outputs cannot be scored (non-finite scores or boxes): the model file is broken."""
 
 
-def _to_cpu(output: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # Scores / boxes may come out in bf16 under autocast: score them in float32.
+def _to_cpu(output: dict[str, Any]) -> dict[str, torch.Tensor]:
+    # Scores / boxes may come out in bf16 under autocast: score them in float32. numpy arrays (the onnxruntime
+    # predictor's) become tensors.
+    output = {k: torch.as_tensor(v) for k, v in output.items()}
     return {k: (v.float() if v.is_floating_point() else v).cpu() for k, v in output.items()}
 
 
@@ -143,9 +145,10 @@ def evaluate_detector(
     accelerator: Any = None,
     progress: bool = True,
     evaluator: Any = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Score a detector on a test dataset: the one scoring path of training, ``train_det --eval-only`` and
-    ``eval_det``.
+    ``eval_det`` (``autocast_dtype``: e.g. ``torch.bfloat16`` to run the model under autocast).
 
     Checks the classes first (:func:`check_classes`), builds the dataset's evaluator (``metric`` None: its
     default) unless one is given, shards the data over ``accelerator``'s processes and runs
@@ -160,4 +163,5 @@ def evaluate_detector(
     rank = accelerator.process_index if accelerator is not None else 0
     loader = build_test_loader(dataset, batch_size=batch_size, num_workers=num_workers, num_replicas=num_replicas,
                                rank=rank)
-    return run_inference(model, loader, evaluator, accelerator=accelerator, progress=progress)
+    return run_inference(model, loader, evaluator, accelerator=accelerator, progress=progress,
+                         autocast_dtype=autocast_dtype)

@@ -7,15 +7,39 @@ back and no file can run code when loaded.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..serialization import atomic_torch_save, atomic_write_text, load_torch_file
 from .progress import NonFiniteLossError
+
+# Key of a saved file's format version. Files written before versions existed read as version 0.
+FORMAT_VERSION_KEY = "format_version"
+
+
+def upgrade_to_current(
+    payload: Mapping[str, Any], current: int, upgrades: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]],
+    path: str | Path,
+) -> dict[str, Any]:
+    """``payload`` (a loaded checkpoint / model file) brought to format version ``current``.
+
+    ``upgrades[v]`` turns a version-``v`` payload into a version ``v + 1`` one; each applies once, in order. A file
+    from a newer version than ``current`` is refused in one line (its meaning is unknown to this code).
+    """
+    data = dict(payload)
+    version = int(data.get(FORMAT_VERSION_KEY, 0))
+    if version > current:
+        raise CheckpointError(f"{path}: written by a newer version of this software (format version {version}; this "
+                              f"one reads up to {current}): upgrade the package to load it")
+    for v in range(version, current):
+        data = upgrades[v](data)
+    data[FORMAT_VERSION_KEY] = current
+    return data
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -147,5 +171,5 @@ class CheckpointManager:
         return load_torch_file(path, map_location)
 
 
-__all__ = ["CheckpointManager", "capture_rng_state", "check_finite_state", "non_finite_tensors", "restore_rng_state",
-           "seed_everything"]
+__all__ = ["FORMAT_VERSION_KEY", "CheckpointManager", "capture_rng_state", "check_finite_state", "non_finite_tensors",
+           "restore_rng_state", "seed_everything", "upgrade_to_current"]

@@ -11,7 +11,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,20 @@ def check_finite(losses: Mapping[str, Tensor | float], iteration: int) -> None:
 
 
 class MetricsWriter:
-    """Append-only ``metrics.jsonl`` (one JSON object per write, flushed) plus TensorBoard scalars."""
+    """Append-only ``metrics.jsonl`` (one JSON object per write, flushed) plus TensorBoard scalars, or, with
+    ``sink``, every record's finite numbers handed to ``sink(values, step)`` instead (the trainers' experiment
+    trackers, TensorBoard among them: :mod:`.trackers`)."""
 
-    def __init__(self, output_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 sink: Callable[[dict[str, float | int], int], None] | None = None) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
         self._tb: Any = None
+        self._sink = sink
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
+        if tensorboard and sink is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a declared dependency, but the JSON log must not depend on it
@@ -65,10 +69,12 @@ class MetricsWriter:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk or a folder made read-only mid-run: one line, not a traceback
             raise OutputError(f"cannot append to {self.path}: {e.strerror or e}") from e
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(float(v))}
+        if self._sink is not None and numbers:
+            self._sink(numbers, step)
         if self._tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, int | float) and math.isfinite(float(v)):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in numbers.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
 
     def records(self) -> list[dict[str, Any]]:
@@ -127,14 +133,16 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         return [p[0] for p in pts], [float(p[1]) for p in pts]
 
     keys = list(dict.fromkeys(k for r in records for k in r))
-    panels = [("losses", [k for k in keys if k.startswith("loss") and not k.endswith("_mean")]),
+    # The validation loss (at each evaluation) beside the training losses it is compared with.
+    losses = [k for k in keys if (k.startswith("loss") and not k.endswith("_mean")) or k == "test/val_loss"]
+    panels = [("losses", losses),
               ("learning rate", [k for k in keys if k == "lr"]),
               ("test", [k for k in keys if k in ("test/mAP", "test/AP50", "test/AP")])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for ax, (title, names) in zip(axes, panels):
         for name in names:
             xs, ys = series(name)
-            ax.plot(xs, ys, marker="o" if title == "test" else None, markersize=3, label=name)
+            ax.plot(xs, ys, marker="o" if name.startswith("test/") else None, markersize=3, label=name)
         ax.set_title(title)
         ax.set_xlabel("iteration")
         if names:

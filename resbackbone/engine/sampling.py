@@ -13,9 +13,10 @@ A checkpoint therefore only needs the iteration number as its "data position".
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -76,11 +77,39 @@ class SeededBatchSampler:
             yield [(int(i), sample_seed(self.seed, k, base + j)) for j, i in enumerate(batch)]
 
 
+def class_image_frequencies(image_classes: Sequence[Iterable[int]]) -> dict[int, float]:
+    """``{class: fraction of the images that hold it}`` over ``image_classes`` (per image, the classes of its
+    boxes; images without any count in the denominator, as Detectron2 counts them)."""
+    counts: dict[int, int] = {}
+    for classes in image_classes:
+        for c in set(classes):
+            counts[int(c)] = counts.get(int(c), 0) + 1
+    n = max(len(image_classes), 1)
+    return {c: k / n for c, k in sorted(counts.items())}
+
+
+def repeat_factors(image_classes: Sequence[Iterable[int]], threshold: float) -> list[float]:
+    """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019, section 5; Detectron2's
+    ``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency``): image i is seen
+    ``r_i = max over its classes c of max(1, sqrt(threshold / f_c))`` times per epoch on average, ``f_c`` the
+    fraction of images holding class c (:func:`class_image_frequencies`). Images without boxes get 1."""
+    if threshold <= 0:
+        raise ValueError(f"the repeat-factor threshold must be > 0, got {threshold}")
+    freq = class_image_frequencies(image_classes)
+    per_class = {c: max(1.0, math.sqrt(threshold / f)) for c, f in freq.items()}
+    return [max((per_class[int(c)] for c in classes), default=1.0) for classes in image_classes]
+
+
 class TrainBatchSampler:
     """Infinite per-process index batches; epochs are seeded permutations, optionally grouped by orientation.
 
     With ``aspect_grouping`` every global batch holds only landscape (w >= h) or only portrait images, so padding
     wastes little (Detectron2's AspectRatioGroupedDataset, made deterministic).
+
+    With ``repeat_factors`` (one float >= 1 per image, :func:`repeat_factors`) an epoch holds image i
+    ``floor(r_i)`` times plus once more with probability ``r_i - floor(r_i)`` (stochastic rounding, drawn from the
+    epoch's own ``(seed, epoch)`` generator before its permutation), so rare classes come round more often and the
+    order stays a pure function of ``(seed, iteration)``: resume is exact.
     """
 
     def __init__(
@@ -93,11 +122,21 @@ class TrainBatchSampler:
         rank: int = 0,
         aspect_grouping: bool = True,
         start_iter: int = 0,
+        repeat_factors: Sequence[float] | None = None,
     ) -> None:
         if len(aspect_ratios) == 0:
             raise ValueError("TrainBatchSampler got an empty dataset")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} not in [0, {num_replicas})")
+        self.repeat_whole: torch.Tensor | None = None
+        self.repeat_fraction: torch.Tensor | None = None
+        if repeat_factors is not None:
+            factors = torch.tensor([float(r) for r in repeat_factors], dtype=torch.float64)
+            if len(factors) != len(aspect_ratios) or bool((factors < 1).any()):
+                raise ValueError(f"repeat_factors must be one value >= 1 per image ({len(aspect_ratios)} images), "
+                                 f"got {len(factors)} with minimum {float(factors.min()) if len(factors) else 'n/a'}")
+            self.repeat_whole = factors.floor().long()
+            self.repeat_fraction = factors - factors.floor()
         self.groups = torch.tensor([0 if a >= 1.0 else 1 for a in aspect_ratios]) if aspect_grouping else None
         self.n = len(aspect_ratios)
         self.batch_size = batch_size
@@ -110,7 +149,13 @@ class TrainBatchSampler:
         """All global batches of one epoch, in order: a fresh seeded permutation split into same-orientation
         batches; each group's partial trailing batch is dropped (those images come back in later epochs)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        perm = torch.randperm(self.n, generator=g)
+        if self.repeat_whole is None or self.repeat_fraction is None:
+            perm = torch.randperm(self.n, generator=g)
+        else:
+            # This epoch's copies of each image (stochastic rounding of its factor), then one permutation of them.
+            copies = self.repeat_whole + (torch.rand(self.n, generator=g, dtype=torch.float64) < self.repeat_fraction)
+            indices = torch.repeat_interleave(torch.arange(self.n), copies)
+            perm = indices[torch.randperm(len(indices), generator=g)]
         if self.groups is None:
             chunks = [perm]
         else:
@@ -120,7 +165,7 @@ class TrainBatchSampler:
             full = len(c) // self.global_batch * self.global_batch
             batches += [c[i : i + self.global_batch].tolist() for i in range(0, full, self.global_batch)]
         if not batches:  # fewer images than one global batch: sample with replacement from the permutation
-            idx = perm.repeat(self.global_batch // self.n + 1)[: self.global_batch]
+            idx = perm.repeat(self.global_batch // len(perm) + 1)[: self.global_batch]
             batches = [idx.tolist()]
         order = torch.randperm(len(batches), generator=g).tolist()
         return [batches[i] for i in order]
@@ -250,6 +295,7 @@ def build_train_loader(
     seeded: bool = False,
     collate_fn: Any = None,
     pin_memory: bool = False,
+    repeat_factors: Sequence[float] | None = None,
 ) -> torch.utils.data.DataLoader:
     """The infinite training loader of one process: batches of :class:`TrainBatchSampler`, from ``start_iter``.
 
@@ -259,6 +305,7 @@ def build_train_loader(
         batch_size: images per process per (micro-)batch.
         aspect_ratios: width / height per item for ``aspect_grouping`` (None: all 1, no grouping).
         start_iter: index of the first (micro-)batch: a resumed run skips earlier batches without loading them.
+        repeat_factors: per item, how often an epoch holds it on average (:class:`TrainBatchSampler`); None: once.
     Workers persist across epochs and seed numpy / random from torch's per-worker seed, so library code using
     the global RNGs is reproducible too. The loader draws its workers' base seed from a generator of its own,
     not from the global RNG, so creating it at a resume point leaves the global RNG exactly as the uninterrupted
@@ -268,6 +315,7 @@ def build_train_loader(
     sampler: Any = TrainBatchSampler(
         ratios, batch_size, seed=seed, num_replicas=num_replicas, rank=rank,
         aspect_grouping=aspect_grouping and aspect_ratios is not None, start_iter=start_iter,
+        repeat_factors=repeat_factors,
     )
     if seeded:
         sampler = SeededBatchSampler(sampler, seed=seed, start_iter=start_iter, per_process=batch_size, rank=rank)
@@ -281,16 +329,18 @@ def build_train_loader(
 
 def build_inference_loader(
     dataset: Any, *, batch_size: int, num_workers: int, num_replicas: int = 1, rank: int = 0,
-    collate_fn: Any = None,
+    collate_fn: Any = None, generator: torch.Generator | None = None,
 ) -> torch.utils.data.DataLoader:
     """A finite, ordered loader over this process's contiguous shard of ``dataset`` (every index exactly once
-    across ``num_replicas`` processes)."""
+    across ``num_replicas`` processes). ``generator``: where each pass draws its workers' base seed (None: the
+    global RNG, which the pass then advances by one draw)."""
     return WorkerLoader(
         dataset, batch_size=batch_size, sampler=InferenceSampler(len(dataset), num_replicas, rank),
         collate_fn=collate_fn, num_workers=usable_workers(num_workers), worker_init_fn=_seed_worker,
+        generator=generator,
     )
 
 
 __all__ = ["InferenceSampler", "SeedableDataset", "SeededBatchSampler", "SeededDataset", "TrainBatchSampler",
-           "WorkerLoader", "available_cpus", "build_inference_loader", "build_train_loader", "sample_seed",
-           "usable_workers"]
+           "WorkerLoader", "available_cpus", "build_inference_loader", "build_train_loader", "class_image_frequencies",
+           "repeat_factors", "sample_seed", "usable_workers"]

@@ -16,16 +16,24 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, OutputError
-from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, seed_everything
+from .checkpoint import (
+    FORMAT_VERSION_KEY,
+    CheckpointManager,
+    capture_rng_state,
+    restore_rng_state,
+    seed_everything,
+    upgrade_to_current,
+)
 from .config import save_config, to_dict
 from .progress import MetricsWriter
 
@@ -136,10 +144,16 @@ class TrainerBase:
             folder is only taken with ``resume`` or ``overwrite``.
         overwrite: replace an earlier run in the folder (its checkpoints, final weights and metrics are removed).
         claim: take the folder (lock + reuse check); False for a trainer that only evaluates.
+        log_with: experiment trackers (:mod:`.trackers`: tensorboard, wandb, mlflow, comet_ml, clearml, aim,
+            dvclive) that get every record's numbers and, at :meth:`write_config`, the resolved config.
     """
 
-    # The "format" entry of this trainer's checkpoints.
+    # The "format" entry of this trainer's checkpoints, its version, and the version v -> v + 1 translations of
+    # older checkpoints (applied at resume; see checkpoint.upgrade_to_current).
     CHECKPOINT_FORMAT = "resnet-det/train-checkpoint"
+    CHECKPOINT_VERSION = 1
+    CHECKPOINT_UPGRADES: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = MappingProxyType(
+        {0: lambda ckpt: ckpt})  # unversioned checkpoints hold what version 1 does
 
     def __init__(
         self,
@@ -155,17 +169,25 @@ class TrainerBase:
         resume: bool = False,
         overwrite: bool = False,
         claim: bool = True,
+        log_with: Sequence[str] = ("tensorboard",),
     ) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
+        from .trackers import build_trackers
+
         self.cfg = cfg
+        # Checked before anything is claimed: a tracker whose package is missing is one line, not a half-made run.
+        trackers = build_trackers(log_with, output_dir)
         self.accelerator = Accelerator(
             # Without a GPU, accelerate only forms a multi-process (gloo) group when told it runs on CPU.
             cpu=cpu or not torch.cuda.is_available(),
             mixed_precision=mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            log_with=trackers or None,
+            project_dir=str(output_dir),
         )
+        self._trackers_started = self._trackers_finished = False
         self.progress = progress and self.accelerator.is_main_process
         self.stop_after = stop_after
         self.output_dir = Path(output_dir)
@@ -175,7 +197,7 @@ class TrainerBase:
             if self.accelerator.is_main_process:
                 self.folder.acquire()
         self.checkpoints = CheckpointManager(self.output_dir, keep_last=keep_last)
-        self.metrics = MetricsWriter(self.output_dir, enabled=self.accelerator.is_main_process)
+        self.metrics = MetricsWriter(self.output_dir, enabled=self.accelerator.is_main_process, sink=self._track)
         self.start_iter = 0
         # The stop signal received during the run (None: none): acted on at the next step boundary.
         self.stop_signal: int | None = None
@@ -194,8 +216,27 @@ class TrainerBase:
         self.scheduler = scheduler
 
     def write_config(self) -> None:
+        """``config.yaml`` of the resolved config, and the experiment trackers started with it."""
         if self.accelerator.is_main_process:
             save_config(self.cfg, self.output_dir / "config.yaml")
+        self.start_trackers()
+
+    def start_trackers(self) -> None:
+        """``accelerator.init_trackers`` (main process) with the run folder's name as the project and the resolved
+        config, flattened, as its hyperparameters."""
+        from .trackers import tracker_config
+
+        if self._trackers_started or self._trackers_finished or not self.accelerator.log_with:
+            return
+        self.accelerator.init_trackers(self.output_dir.resolve().name or "run",
+                                       config=tracker_config(to_dict(self.cfg)))
+        self._trackers_started = True
+
+    def _track(self, values: dict[str, float | int], step: int) -> None:
+        # A trainer that writes records without write_config (an evaluation-only run) starts them here.
+        self.start_trackers()
+        if self._trackers_started:
+            self.accelerator.log(values, step=step)
 
     @contextmanager
     def released_on_error(self) -> Iterator[None]:
@@ -208,8 +249,16 @@ class TrainerBase:
             raise
 
     def close(self) -> None:
-        """End of the run: flush the metrics and give the output folder back."""
+        """End of the run: flush the metrics, finish the trackers and give the output folder back.
+
+        The trackers are finished one by one rather than by ``accelerator.end_training()``, which would also tear
+        down the process group that the caller (a script training twice, a test) may still use."""
         self.metrics.close()
+        if self._trackers_started:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers = []
+            self._trackers_started, self._trackers_finished = False, True
         self.folder.release()
 
     @property
@@ -273,6 +322,7 @@ class TrainerBase:
         scaler = self.accelerator.scaler
         return {
             "format": self.CHECKPOINT_FORMAT,
+            FORMAT_VERSION_KEY: self.CHECKPOINT_VERSION,
             "iteration": iteration,
             "model": {k: v.detach().cpu() for k, v in self.unwrapped.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -299,7 +349,8 @@ class TrainerBase:
         if latest is None:
             logger.info("no checkpoint in %s: starting from scratch", self.output_dir)
             return None
-        ckpt = CheckpointManager.load(latest)
+        ckpt = upgrade_to_current(CheckpointManager.load(latest), self.CHECKPOINT_VERSION, self.CHECKPOINT_UPGRADES,
+                                  latest)
         self.check_resumable(ckpt, latest)
         self.checkpoints.adopt()  # the resumed run's checkpoints are this run's: pruned as it goes
         model_state = self.unwrapped.state_dict()

@@ -224,7 +224,7 @@ def test_converted_model_reproduces_detectron2(arch: str, d2_converted: dict[str
     # Detections at each crop's own size (no resampling), every crop once (res5 per RoI makes a C4 crop ~10-20 s
     # on 2 CPU cores): 000007 (320 x 480) through the Predictor, the two 352 x 480 crops through tools/infer.py.
     h, w = ref["000007"]["input_hw"]
-    predictor = Predictor(model, min_size=min(h, w), max_size=max(h, w), device="cpu")
+    predictor = Predictor(model, min_size=min(h, w), max_size=max(h, w), device="cpu", exact=True)
     assert_same_detections(predictor([D2_DIR / "images" / "000007.png"])[0], _d2(ref["000007"]),
                            f"{arch} 000007 Predictor")
     inputs = tmp_path / "crops"
@@ -234,7 +234,8 @@ def test_converted_model_reproduces_detectron2(arch: str, d2_converted: dict[str
         (inputs / f"{image_id}.png").symlink_to(D2_DIR / "images" / f"{image_id}.png")
     out = tmp_path / "out"
     assert infer.main(["--checkpoint", str(d2_converted[arch]), "--input", str(inputs), "--output", str(out),
-                       "--score-thresh", "0", "--min-size", "352", "--max-size", "480", "--cpu", "--no-draw"]) == 0
+                       "--score-thresh", "0", "--min-size", "352", "--max-size", "480", "--cpu", "--no-draw",
+                       "--exact"]) == 0
     images = json.loads((out / "detections.json").read_text())["images"]
     for image_id in ("000005", "000009"):
         dets = images[f"{image_id}.png"]["detections"]

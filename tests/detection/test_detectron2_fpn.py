@@ -263,7 +263,7 @@ def test_converted_fpn_matches_detectron2_through_the_predictor(d2_converted: Pa
         for image_id in ("000005", "000007"):
             h, w = ref[image_id]["input_hw"]
             assert h % 32 == 0 and w % 32 == 0
-            predictor = Predictor(model, min_size=min(h, w), max_size=max(h, w), device="cpu")
+            predictor = Predictor(model, min_size=min(h, w), max_size=max(h, w), device="cpu", exact=True)
             assert_same_detections(predictor([D2_DIR / "images" / f"{image_id}.png"])[0], _d2(ref[image_id]),
                                    f"FPN {image_id} Predictor")
             (features, sizes), (proposals, logits, _) = recorder.calls.pop()
@@ -298,7 +298,8 @@ def test_converted_fpn_matches_detectron2_on_a_padded_crop_through_infer(d2_conv
     (inputs / "000009.png").symlink_to(D2_DIR / "images" / "000009.png")
     out = tmp_path / "out"
     assert infer.main(["--checkpoint", str(d2_converted), "--input", str(inputs), "--output", str(out),
-                       "--score-thresh", "0", "--min-size", str(h), "--max-size", str(w), "--cpu", "--no-draw"]) == 0
+                       "--score-thresh", "0", "--min-size", str(h), "--max-size", str(w), "--cpu", "--no-draw",
+                       "--exact"]) == 0
     result = json.loads((out / "detections.json").read_text())["images"]["000009.png"]
     assert (result["height"], result["width"]) == (h, w)
     dets = result["detections"]

@@ -321,7 +321,7 @@ def test_v1_coco_model_gives_torchvision_proposals_and_detections(
     assert m.arch == "FPN" and m.backbone.norm_eps == 0.0 and m.fpn.norm == "none" and m.rpn.head_convs == 1
     assert (m.roi_heads.num_fc, m.roi_heads.num_conv, m.anchors.convention) == (2, 0, "torchvision")
     assert torch.load(out, weights_only=True)["meta"]["source_format"] == "torchvision"
-    predictor = Predictor.from_checkpoint(out, device="cpu")
+    predictor = Predictor.from_checkpoint(out, device="cpu", exact=True)
     assert all(b.eps == 0.0 for b in predictor.model.trunk.body.modules() if isinstance(b, FrozenBatchNorm2d))
     for image, name in zip(images, ("000005", "000001")):
         print(f"v1 {name}: {_compare(tv, predictor, image, COCO_ROWS, f'v1 {name}')}")
@@ -340,7 +340,7 @@ def test_v2_model_gives_torchvision_proposals_and_detections(tmp_path: Path) -> 
     m = cfg.model
     assert m.backbone.norm_eps == 1e-5 and m.fpn.norm == "bn" and m.rpn.head_convs == 2
     assert (m.roi_heads.num_fc, m.roi_heads.num_conv, m.roi_heads.conv_norm) == (1, 4, "bn")
-    predictor = Predictor.from_checkpoint(out, device="cpu")
+    predictor = Predictor.from_checkpoint(out, device="cpu", exact=True)
     print(f"v2 000004: {_compare(tv, predictor, image, COCO_ROWS, 'v2 000004')}")
 
 
@@ -428,6 +428,7 @@ def _names(tmp_path: Path, n: int) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_converted_model_keeps_shared_class_rows(
         v1_converted: tuple[nn.Module, Path, list[np.ndarray]]) -> None:
     _, out, _ = v1_converted

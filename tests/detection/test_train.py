@@ -209,7 +209,7 @@ def test_periodic_evaluation_keeps_the_best_model_and_reads_the_test_set_once(
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [(e["step"], e["test/mAP"]) for e in evals if "test/mAP" in e]
     assert [step for step, _ in evals] == [2, 4] and evals[-1][1] == result["mAP"]
-    # The periodic evaluation at 2 is the only candidate for the best model (the final one is model_final).
+    # The evaluations at 2 and at the end (4) are the candidates for the best model.
     assert (out / "model_best.pth").is_file()
     best = torch.load(out / "model_best.pth", weights_only=True)
     assert set(best["state_dict"]) == set(torch.load(out / "model_final.pth", weights_only=True)["state_dict"])
@@ -239,8 +239,9 @@ def test_log_lines_metrics_records_csv_and_curves(tmp_path: Path, synthetic_root
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Without a progress bar a line every LOG_PERIOD steps (loss terms, lr, s/it, data time, ETA); the records
-    carry the epoch, smoothed losses and the per-class AP of each evaluation; results.csv and results.png follow.
-    A CPU run estimated to take long says so once, naming the CPU recipe."""
+    carry the epoch, smoothed losses and the per-class AP of each evaluation; results.csv and results.png follow;
+    augmented training images are written at the start. A CPU run estimated to take long says so once, naming the
+    CPU recipe."""
     import detection.train as train_mod
     from detection.config import load_detection_config
     from detection.train import Trainer
@@ -269,6 +270,8 @@ def test_log_lines_metrics_records_csv_and_curves(tmp_path: Path, synthetic_root
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + len(records) and rows[0].startswith("step,")
     assert (out / "results.png").stat().st_size > 1000
+    # What the model sees, written at the start.
+    assert len(list((out / train_mod.AUGMENTED_DIR).glob("augmented_*.jpg"))) == train_mod.AUGMENTED_SAMPLES
 
 
 def test_init_from_log_keeps_the_c4_pooler_and_reports_the_source_class_count(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 
+@pytest.mark.slow
 def test_degradation_script_writes_the_figure(tmp_path: Path) -> None:
     import subprocess
     import sys

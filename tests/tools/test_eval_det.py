@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from detection.data import VOC_CLASSES, build_dataset
+from detection.data.transforms import DetectionTransform
 from detection.evaluation import VOCEvaluator, evaluate_detections
 from tests.helpers import COCO_REFERENCE, REPO, SHARED_DATA, near_hit_detections
 from tools import eval_det
@@ -17,7 +18,8 @@ from tools import eval_det
 
 def test_devkit_results_through_the_tool(voc07_test_root: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    dataset = build_dataset("voc07-test", voc07_test_root, train=False, min_size=64, max_size=128)
+    dataset = build_dataset("voc07-test", voc07_test_root, train=False,
+                            transform=DetectionTransform.resize_only(64, 128))
     assert dataset.default_metric == "voc07"
     dets = near_hit_detections(dataset)
     expected = evaluate_detections([dataset.get_ground_truth(i) for i in range(len(dataset))], dets,

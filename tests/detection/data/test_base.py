@@ -8,11 +8,11 @@ import torch
 
 
 def test_seeded_items_are_reproducible(synthetic_root: Path) -> None:
-    from detection.data import build_dataset
+    from detection.data import DetectionTransform, build_dataset
     from resbackbone.engine.sampling import sample_seed
 
-    ds = build_dataset("synthetic-train", synthetic_root, train=True, min_size=(64, 80, 96), max_size=160,
-                       flip_prob=0.5, photometric=True)
+    ds = build_dataset("synthetic-train", synthetic_root, train=True,
+                       transform=DetectionTransform(min_size=(64, 80, 96), max_size=160, train=True, photometric=True))
     seeds = [sample_seed(0, it, slot) for it in range(4) for slot in range(2)]
     assert len(set(seeds)) == len(seeds)
     for s in seeds[:4]:

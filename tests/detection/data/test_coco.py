@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from detection.data import DataError, build_coco_dataset, build_dataset
+from detection.data.transforms import DetectionTransform
 from tests.helpers import SHARED_DATA
 
 REAL_COCO = SHARED_DATA / "coco" / "val2014-2images"
@@ -110,7 +111,8 @@ def test_missing_image_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.skipif(not REAL_COCO.is_dir(), reason="../shared/data/coco/val2014-2images not present")
 def test_real_val2014_two_images_end_to_end() -> None:
     ann = REAL_COCO / "instances_val2014_subset_42_785.json"
-    ds = build_coco_dataset(ann, REAL_COCO / "images", train=False, min_size=600, max_size=1000)
+    ds = build_coco_dataset(ann, REAL_COCO / "images", train=False,
+                            transform=DetectionTransform.resize_only(600, 1000))
     raw = json.loads(ann.read_text())
     assert len(ds) == 2 and sorted(ds.image_ids) == sorted(i["id"] for i in raw["images"])
     assert len(ds.class_names) == len(raw["categories"])
@@ -126,6 +128,7 @@ def test_real_val2014_two_images_end_to_end() -> None:
                              for a in anns], np.float32)
         np.testing.assert_allclose(gt["boxes"], expected, rtol=1e-6)
         assert [ds.contiguous_to_category_id[int(c)] for c in gt["labels"]] == [a["category_id"] for a in anns]
-    train = build_coco_dataset(ann, REAL_COCO / "images", train=True, min_size=(64, 96), max_size=160)
+    train = build_coco_dataset(ann, REAL_COCO / "images", train=True,
+                               transform=DetectionTransform(min_size=(64, 96), max_size=160, train=True))
     image, target = train[0]
     assert max(target["size"]) <= 160 and len(target["boxes"]) > 0

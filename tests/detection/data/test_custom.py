@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detection.data import build_dataset
+from detection.data import DetectionTransform, build_dataset
 from detection.data.catalog import canonical_spec, parse_dataset_spec
 from resbackbone.errors import ConfigError, DataError
 from tests.detection.data.custom_helpers import CLASSES, COCO_IDS, samples, write_coco, write_voc_folder, write_yolo
@@ -180,7 +180,8 @@ def test_exif_rotated_photo_boxes_land_on_the_object(tmp_path: Path, capsys: pyt
                 "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 5, 20, 15], "iscrowd": 0}]}
     ann = tmp_path / "oriented.json"
     ann.write_text(json.dumps(oriented))
-    ds = build_dataset(f"coco:{ann}:{tmp_path / 'img'}", train=False, min_size=60, max_size=100)
+    ds = build_dataset(f"coco:{ann}:{tmp_path / 'img'}", train=False,
+                       transform=DetectionTransform.resize_only(60, 100))
     image, target = ds[0]
     assert target["orig_size"] == (60, 40)
     x1, y1, x2, y2 = (int(round(v)) for v in target["boxes"][0].tolist())

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from detection.data import DataError, build_dataset, build_test_loader, build_train_loader, collate
+from detection.data.transforms import DetectionTransform
 from resbackbone.engine.sampling import TrainBatchSampler
 from tests.helpers import take_batches
 
 
 def _dataset(root: Path, **kw):  # noqa: ANN202
-    return build_dataset("synthetic-test", root, train=True, min_size=(64, 96), max_size=128, **kw)
+    return build_dataset("synthetic-test", root, train=True, **kw,
+                         transform=DetectionTransform(min_size=(64, 96), max_size=128, train=True))
 
 
 def test_collate_keeps_lists() -> None:
@@ -58,7 +60,8 @@ def test_worker_numpy_seeds_are_reproducible(synthetic_root: Path) -> None:
 
 
 def test_test_loader_shards_in_order(synthetic_root: Path) -> None:
-    ds = build_dataset("synthetic-test", synthetic_root, train=False, min_size=128, max_size=128)
+    ds = build_dataset("synthetic-test", synthetic_root, train=False,
+                       transform=DetectionTransform.resize_only(128, 128))
     seen = []
     for rank in (0, 1):
         for _, targets in build_test_loader(ds, batch_size=8, num_workers=0, num_replicas=2, rank=rank):
@@ -67,7 +70,8 @@ def test_test_loader_shards_in_order(synthetic_root: Path) -> None:
 
 
 def test_corrupt_image_in_a_worker_names_the_file(synthetic_root: Path) -> None:
-    ds = build_dataset("synthetic-test", synthetic_root, train=False, min_size=128, max_size=128)
+    ds = build_dataset("synthetic-test", synthetic_root, train=False,
+                       transform=DetectionTransform.resize_only(128, 128))
     bad = ds.records[5].file
     original = bad.read_bytes()
     try:
@@ -76,8 +80,8 @@ def test_corrupt_image_in_a_worker_names_the_file(synthetic_root: Path) -> None:
         with pytest.raises(DataError, match=rf"JPEGImages/{bad.stem}\.jpg"):
             list(build_test_loader(ds, batch_size=2, num_workers=1))
         # skip_bad at evaluation: every image keeps its one item; the bad one is black, flagged and counted.
-        skipping = build_dataset("synthetic-test", synthetic_root, train=False, min_size=128, max_size=128,
-                                 skip_bad=True)
+        skipping = build_dataset("synthetic-test", synthetic_root, train=False,
+                                 skip_bad=True, transform=DetectionTransform.resize_only(128, 128))
         items = [(im, t) for images, targets in build_test_loader(skipping, batch_size=4, num_workers=0)
                  for im, t in zip(images, targets)]
         assert [t["image_id"] for _, t in items] == ds.image_ids and skipping.num_skipped == 1

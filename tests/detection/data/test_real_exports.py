@@ -19,6 +19,7 @@ import pytest
 from detection.data import build_dataset, decode_image, shared_images, verify_images, warn_shared_images
 from detection.data.catalog import canonical_spec, default_test_spec, parse_dataset_spec
 from detection.data.check import IMAGE_CHECK_FILE
+from detection.data.transforms import DetectionTransform
 from resbackbone.errors import DataError
 from tests.detection.data.export_helpers import (
     EXPECTED,
@@ -110,7 +111,8 @@ def test_cvat_coco_without_sizes_reads_them_from_the_images(tmp_path: Path, aspe
 
     ann = write_coco_export(tmp_path / "annotations" / "instances_default.json", tmp_path / "images",
                             sizes=False, parent=False)
-    ds = build_dataset(f"coco:{ann}:{tmp_path / 'images'}", train=True, min_size=32, max_size=64)
+    ds = build_dataset(f"coco:{ann}:{tmp_path / 'images'}", train=True,
+                       transform=DetectionTransform(min_size=32, max_size=64, train=True))
     assert [(r.height, r.width) for r in ds.records] == [(h, w) for _, h, w, _ in IMAGES]
     assert ds.coco.imgs[1]["height"] == 64 and ds.coco.imgs[1]["width"] == 48
     assert ds.aspect_ratios()[1] == pytest.approx(48 / 64)
@@ -176,7 +178,7 @@ def test_training_set_is_decode_checked_once_before_training(tmp_path: Path, cap
 ])
 def test_labelimg_folders_load_as_written(tmp_path: Path, ann_dir: str, image_dir: str, renamed: bool) -> None:
     root = write_labelimg(tmp_path / "labelimg", ann_dir, image_dir, renamed=renamed)
-    ds = build_dataset(str(root), train=False, min_size=48, max_size=64)
+    ds = build_dataset(str(root), train=False, transform=DetectionTransform.resize_only(48, 64))
     assert ds.class_names == NAMES and [r.image_id for r in ds.records] == [s for s, *_ in IMAGES]
     got = _boxes(ds)
     for i, (stem, *_rest) in enumerate(IMAGES):

@@ -12,6 +12,7 @@ import pytest
 
 from detection.data import SYNTHETIC_CLASSES, build_dataset, catalog, generate_synthetic
 from detection.data.synthetic import DEFAULT_NUM_TEST, DEFAULT_NUM_TRAIN, GENERATOR_VERSION, MARKER
+from detection.data.transforms import DetectionTransform
 
 SMALL = {"num_train": 6, "num_test": 3, "image_size": 128}
 
@@ -63,8 +64,10 @@ def default_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_build_by_name_generates_and_exposes_both_formats(default_root: Path) -> None:
-    train = build_dataset("synthetic-train", default_root, train=True, min_size=128, max_size=128)
-    test = build_dataset("synthetic-test", default_root, train=False, min_size=128, max_size=128)
+    train = build_dataset("synthetic-train", default_root, train=True,
+                          transform=DetectionTransform(min_size=128, max_size=128, train=True))
+    test = build_dataset("synthetic-test", default_root, train=False,
+                         transform=DetectionTransform.resize_only(128, 128))
     assert len(test) == DEFAULT_NUM_TEST and 0 < len(train) <= DEFAULT_NUM_TRAIN  # all-occluded images are filtered
     assert test.family == "synthetic" and test.default_metric == "voc" and test.class_names == SYNTHETIC_CLASSES
     assert sorted(test.coco.getImgIds()) == [int(i) for i in test.image_ids]

@@ -14,6 +14,7 @@ import torch
 
 from detection.data.base import DetectionDataset, Record
 from detection.data.catalog import build_coco_dataset, build_dataset
+from detection.data.transforms import DetectionTransform
 from resbackbone.errors import DataError
 from tests.helpers import noise_image, voc_xml, write_voc_year
 
@@ -24,7 +25,7 @@ def _record(path: Path, h: int, w: int) -> Record:
 
 def _dataset(records: list[Record], **kw: object) -> DetectionDataset:
     return DetectionDataset(records, ["thing"], family="voc", default_metric="voc", name="t", train=False,
-                            min_size=32, max_size=64, **kw)  # type: ignore[arg-type]
+                            transform=DetectionTransform.resize_only(32, 64), **kw)  # type: ignore[arg-type]
 
 
 def _exif_rotated_jpeg(path: Path, h: int, w: int) -> None:

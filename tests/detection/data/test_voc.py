@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from detection.data import VOC_CLASSES, DataError, build_dataset
+from detection.data.transforms import DetectionTransform
 from tests.helpers import SHARED_DATA, voc_xml
 
 REAL_VOC = SHARED_DATA / "voc"
@@ -28,7 +29,7 @@ def test_one_based_inclusive_becomes_continuous_xyxy(voc_root: Path) -> None:
 
 
 def test_item_format_and_resized_boxes(voc_root: Path) -> None:
-    ds = build_dataset("voc07-test", voc_root, train=False, min_size=100, max_size=1000)
+    ds = build_dataset("voc07-test", voc_root, train=False, transform=DetectionTransform.resize_only(100, 1000))
     i = ds.image_ids.index("000002")  # 40 wide x 60 high -> 100 x 150
     image, target = ds[i]
     assert image.dtype == torch.uint8 and image.shape == (3, 150, 100)
@@ -54,7 +55,8 @@ def test_difficult_flagged_and_dropped_only_from_training_targets(voc_root: Path
     assert gt["difficult"].tolist() == [False, True]
     assert test_like[i][1]["difficult"].tolist() == [False, True]  # evaluation items keep them, flagged
 
-    train = build_dataset("voc07-trainval", voc_root, train=True, flip_prob=0.0)
+    train = build_dataset("voc07-trainval", voc_root, train=True,
+                          transform=DetectionTransform(min_size=600, max_size=1000, train=True, flip_prob=0.0))
     # 000009 has only a difficult box: without use_difficult it has no target and is filtered out of training.
     assert train.image_ids == ["000005", "000007"]
     _, target = train[0]
@@ -62,7 +64,8 @@ def test_difficult_flagged_and_dropped_only_from_training_targets(voc_root: Path
     # The evaluator's view is unchanged by use_difficult / training.
     assert train.get_ground_truth(0)["difficult"].tolist() == [False, True]
 
-    with_difficult = build_dataset("voc07-trainval", voc_root, train=True, flip_prob=0.0, use_difficult=True)
+    with_difficult = build_dataset("voc07-trainval", voc_root, train=True, use_difficult=True,
+                                   transform=DetectionTransform(min_size=600, max_size=1000, train=True, flip_prob=0.0))
     assert with_difficult.image_ids == ["000005", "000007", "000009"]
     assert with_difficult[0][1]["labels"].tolist() == [VOC_CLASSES.index(c) for c in ("chair", "person")]
     keep_empty = build_dataset("voc07-trainval", voc_root, train=True, filter_empty=False)

@@ -12,6 +12,7 @@ import torch
 
 from detection import build_faster_rcnn
 from detection.data import VOC_CLASSES, build_dataset
+from detection.data.transforms import DetectionTransform
 from detection.evaluation import build_evaluator
 from detection.evaluation.inference import evaluate_detector
 from tests.helpers import SHARED_DATA, assert_same_detections, randomize_bn_statistics, tiny_config
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.skipif(not (SHARED_DATA / "voc").is_dir(), reason="../shared/data not present")
 def test_voc_map_does_not_depend_on_the_evaluation_batch_size() -> None:
-    dataset = build_dataset("voc07-test", SHARED_DATA / "voc", train=False, min_size=96, max_size=160)
+    dataset = build_dataset("voc07-test", SHARED_DATA / "voc", train=False,
+                            transform=DetectionTransform.resize_only(96, 160))
     sizes = {tuple(dataset[i][0].shape[1:]) for i in range(8)}
     assert len(sizes) > 2  # the first batch of 8 really mixes sizes
     torch.manual_seed(0)

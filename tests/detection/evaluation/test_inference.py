@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from detection.data import VOC_CLASSES, build_dataset, build_test_loader
+from detection.data.transforms import DetectionTransform
 from detection.evaluation import build_evaluator, evaluate_detections, run_inference
 from tests.helpers import near_hit_detections
 
@@ -35,7 +36,8 @@ class _FixedDetector(nn.Module):
 
 
 def test_run_inference_single_and_sharded(voc07_test_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    dataset = build_dataset("voc07-test", voc07_test_root, train=False, min_size=64, max_size=128)
+    dataset = build_dataset("voc07-test", voc07_test_root, train=False,
+                            transform=DetectionTransform.resize_only(64, 128))
     dets = near_hit_detections(dataset)
     by_size = {(dataset.get_ground_truth(i)["height"], dataset.get_ground_truth(i)["width"]): d
                for i, d in enumerate(dets)}

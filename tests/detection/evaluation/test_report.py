@@ -15,6 +15,7 @@ import pytest
 
 from detection.data import SYNTHETIC_CLASSES, VOC_CLASSES, build_coco_dataset, build_dataset, generate_synthetic
 from detection.data.coco import load_coco
+from detection.data.transforms import DetectionTransform
 from detection.evaluation import (
     COCOEvaluator,
     VOCEvaluator,
@@ -309,7 +310,8 @@ def test_eval_det_report_from_devkit_and_coco_results(voc07_test_root: Path, sma
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     # 1. devkit files on the VOC2007 test tree: known counts (near-hits found, duplicates under the threshold,
     #    one confident "car" false positive per image, "cat"'s only box difficult).
-    dataset = build_dataset("voc07-test", voc07_test_root, train=False, min_size=64, max_size=128)
+    dataset = build_dataset("voc07-test", voc07_test_root, train=False,
+                            transform=DetectionTransform.resize_only(64, 128))
     dets = near_hit_detections(dataset)
     ev = VOCEvaluator(dataset, VOC_CLASSES, use_07_metric=True)
     for i, d in enumerate(dets):

@@ -26,6 +26,7 @@ def _tiny(tmp_path: Path, **solver: object) -> ClsConfig:
     })
 
 
+@pytest.mark.slow
 def test_short_synthetic_run_learns_well_above_chance(tmp_path: Path) -> None:
     result = ClassificationTrainer(_tiny(tmp_path), progress=False).train()
     # 4 classes: chance is 75% top-1 error.
@@ -37,6 +38,7 @@ SGD = {"epochs": 2, "steps": [10]}
 ADAMW = {"epochs": 1, "steps": [], "optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.05}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("solver", "other", "other_name"), [(SGD, ADAMW, "AdamW"), (ADAMW, SGD, "SGD")])
 def test_resume_is_exact_and_another_optimizer_is_refused(tmp_path: Path, solver: dict, other: dict,
                                                           other_name: str) -> None:
@@ -56,6 +58,7 @@ def test_resume_is_exact_and_another_optimizer_is_refused(tmp_path: Path, solver
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_classification_to_detection_hand_off(tmp_path: Path) -> None:
     from detection.config import DetectionConfig
     from detection.faster_rcnn import build_faster_rcnn
