@@ -7,8 +7,9 @@ The model API below is re-exported lazily (PEP 562): ``from detection import Fas
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from resbackbone.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .anchors import AnchorGenerator, base_anchors
@@ -43,25 +44,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's submodule on first use and cache the name here (PEP 562). A submodule's own name
-    imports it, as the eager imports this replaces made ``package.submodule`` work after ``import package``."""
-    module = _LAZY.get(name)
-    if module is None:
-        if not name.startswith("__"):
-            try:
-                return importlib.import_module(f".{name}", __name__)
-            except ModuleNotFoundError as e:
-                if e.name != f"{__name__}.{name}":
-                    raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = [
