@@ -89,7 +89,7 @@ class Predictor:
     By default it runs the fast way (measured in benchmarks/RESULTS.md, "CPU inference and ONNX"): a copy of the
     model with BatchNorm folded into the convolutions and NHWC (channels_last) weights, both equal to the plain
     model up to float rounding; and, only on CPUs with bf16 instructions, bf16 autocast (an approximation: boxes
-    move by fractions of a pixel; ``bf16=False`` or tools' ``--fp32`` turn it off). ``exact=True`` (tools'
+    move by up to ~1 px on a trained model; ``bf16=False`` or tools' ``--fp32`` turn it off). ``exact=True`` (tools'
     ``--exact``; the same as ``fuse_bn=False, channels_last=False, bf16=False``) runs the model exactly as given,
     for reference runs.
 
