@@ -103,7 +103,6 @@ def _run_infer_without_torch(args: list[str], cwd: Path) -> subprocess.Completed
                           text=True, timeout=300)
 
 
-@pytest.mark.slow
 def test_infer_on_an_onnx_file_runs_without_torch_and_writes_the_same_files(exported: tuple[Path, Path, Path],
                                                                             tmp_path: Path) -> None:
     """tools/infer.py --checkpoint model.onnx in a process that cannot import torch: drawn images,

@@ -188,7 +188,6 @@ def test_backbone_onnx_matches_pytorch_at_other_sizes(tmp_path: Path, tiny_check
         np.testing.assert_allclose(got, ref.numpy(), atol=1e-3, rtol=1e-4)
 
 
-@pytest.mark.slow
 def test_eval_det_scores_an_onnx_file_as_its_checkpoint(tmp_path: Path, one_thread: None) -> None:
     """tools/eval_det.py --checkpoint model.onnx: predictions from onnxruntime, the test set and classes from the
     file's metadata; the same metrics as the checkpoint it came from run exactly (--exact)."""
