@@ -102,5 +102,14 @@ def resize_image(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
     return image
 
-__all__ = ["IMAGE_SUFFIXES", "RECOVERED_IMAGE", "decode_image", "read_image", "resize_image", "resize_scale",
-           "test_size"]
+def load_rgb(source: str | Path | np.ndarray) -> np.ndarray:
+    """A path (decoded with OpenCV, converted to RGB) or an ``(H0, W0, 3)`` uint8 RGB array, unchanged."""
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+            raise ValueError(f"images must be (H, W, 3) uint8 RGB arrays, got {source.shape} {source.dtype}")
+        return source
+    return decode_image(source)
+
+
+__all__ = ["IMAGE_SUFFIXES", "RECOVERED_IMAGE", "decode_image", "load_rgb", "read_image", "resize_image",
+           "resize_scale", "test_size"]

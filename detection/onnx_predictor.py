@@ -26,7 +26,7 @@ import numpy as np
 
 from resbackbone.errors import CheckpointError, CheckpointNotFoundError, ConfigError, DataError
 
-from .images import decode_image, resize_image, test_size
+from .images import decode_image, load_rgb, resize_image, test_size
 
 # metadata_props "format": what wrote the file; readers refuse other formats and newer versions.
 ONNX_FORMAT = "resnet-det/faster-rcnn-onnx"
@@ -189,14 +189,8 @@ class OnnxPredictor:
         """The training data's ids the export recorded (``category_ids``, ``image_ids``), {} if none."""
         return dict(self.metadata.dataset)
 
-    @staticmethod
-    def load_image(source: str | Path | np.ndarray) -> np.ndarray:
-        """A path (decoded with OpenCV, converted to RGB) or an ``(H0, W0, 3)`` uint8 RGB array, unchanged."""
-        if isinstance(source, np.ndarray):
-            if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
-                raise ValueError(f"images must be (H, W, 3) uint8 RGB arrays, got {source.shape} {source.dtype}")
-            return source
-        return decode_image(source)
+    # A path (decoded with OpenCV, converted to RGB) or an (H0, W0, 3) uint8 RGB array, unchanged.
+    load_image = staticmethod(load_rgb)
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """The graph on one already resized image (:func:`run_graph`)."""

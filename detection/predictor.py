@@ -21,7 +21,7 @@ from resbackbone.errors import DataError, DataNotFoundError
 
 # Decoding, the image suffixes, the test size and the JSON form of detections are torch-free (detection.images,
 # detection.results), shared with the onnxruntime predictor; re-exported here where they were first defined.
-from .images import IMAGE_SUFFIXES, decode_image, test_size
+from .images import IMAGE_SUFFIXES, decode_image, load_rgb, test_size
 from .results import detections_to_json
 from .tta import TTAOptions, predict_tta
 
@@ -175,14 +175,8 @@ class Predictor:
         return cls(model, min_size=min_size, max_size=max_size, score_thresh=score_thresh, tta=tta, device=dev,
                    fuse_bn=fuse_bn, channels_last=channels_last, bf16=bf16, exact=exact)
 
-    @staticmethod
-    def load_image(source: str | Path | np.ndarray) -> np.ndarray:
-        """A path (decoded with OpenCV, converted to RGB) or an ``(H0, W0, 3)`` uint8 RGB array, unchanged."""
-        if isinstance(source, np.ndarray):
-            if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
-                raise ValueError(f"images must be (H, W, 3) uint8 RGB arrays, got {source.shape} {source.dtype}")
-            return source
-        return decode_image(source)
+    # A path (decoded with OpenCV, converted to RGB) or an (H0, W0, 3) uint8 RGB array, unchanged.
+    load_image = staticmethod(load_rgb)
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[str | Path | np.ndarray]) -> list[dict[str, Tensor]]:
